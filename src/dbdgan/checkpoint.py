@@ -1,0 +1,60 @@
+"""Model files and training states: plain tensors and builtins only, so they load with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dbdgan.io_utils import atomic_torch_save
+
+MODEL_FILE_VERSION = 1
+
+
+def save_model_file(path: str | Path, arch: str, arch_kwargs: dict[str, Any], model: nn.Module,
+                    metadata: dict[str, Any] | None = None) -> None:
+    """A self-describing model file: the registry name and kwargs rebuild the network before loading weights."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format_version": MODEL_FILE_VERSION, "arch": arch, "arch_kwargs": dict(arch_kwargs),
+                       "state_dict": state, "metadata": dict(metadata or {})}, path)
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+    missing = {"arch", "arch_kwargs", "state_dict"} - set(payload) if isinstance(payload, dict) else {"arch"}
+    if missing:
+        raise ValueError(f"{path} is not a dbdgan model file (missing keys: {sorted(missing)})")
+    return payload
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the network named in the file and load its weights strictly; returned in eval mode."""
+    from dbdgan.models import create_model
+
+    payload = read_model_file(path)
+    kwargs = {k: v for k, v in payload["arch_kwargs"].items() if k != "pretrained"}
+    model = create_model(payload["arch"], **kwargs)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit {payload['arch']}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_torch_save(state, path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read training checkpoint {path}: {exc}") from exc

@@ -1,0 +1,213 @@
+"""One typed schema for params.yaml, validated on load, overridable per run with dotted keys."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema; the message names the key and value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticParams(_Section):
+    num_images: int = Field(240, ge=3)
+    size: int = Field(96, ge=16, le=4096)
+    coc_threshold: float = Field(1.0, ge=0.0)
+    max_radius: float = Field(6.0, gt=0.0)
+    noise_std: float = Field(0.01, ge=0.0, le=0.5)
+    jpeg_quality: tuple[int, int] = (75, 95)
+    all_sharp_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    all_blurred_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    texture_dir: str | None = None
+
+
+class SplitParams(_Section):
+    train: float = Field(0.7, gt=0.0, lt=1.0)
+    val: float = Field(0.15, gt=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got train+val+test = {total:g}")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synthetic", "cuhk", "dut", "szu", "folder"] = "synthetic"
+    input: str | None = None
+    polarity: Literal["blurred-white", "sharp-white"] | None = None
+    prepared_dir: str = "data/prepared"
+    report_dir: str = "reports/validation"
+    split: SplitParams = SplitParams()
+    synthetic: SyntheticParams = SyntheticParams()
+    max_pixels: int = Field(40_000_000, gt=0)
+    min_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _real_source_needs_input(self) -> DataParams:
+        if self.source != "synthetic" and not self.input:
+            raise ValueError(f"data.input must name a folder when data.source is {self.source!r}")
+        return self
+
+
+class ModelParams(_Section):
+    teacher: str = "teacher_tiny"
+    teacher_kwargs: dict[str, Any] = {}
+    student: str = "mobile_tiny"
+    student_kwargs: dict[str, Any] = {}
+    discriminator: Literal["patch", "unet"] = "patch"
+    discriminator_width: int = Field(32, ge=4)
+    discriminator_layers: int = Field(3, ge=1, le=6)
+    spectral_norm: bool = True
+
+
+class OptimParams(_Section):
+    lr: float = Field(2e-3, gt=0.0)
+    lr_d: float = Field(4e-4, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    poly_power: float = Field(0.9, gt=0.0)
+
+
+class TrainTeacherParams(_Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)
+    image_size: int = Field(96, ge=16)
+    num_workers: int = Field(0, ge=0)
+    optim: OptimParams = OptimParams()
+    content_loss: Literal["bce", "bce_dice"] = "bce_dice"
+    adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
+    w_content: float = Field(1.0, ge=0.0)
+    w_adv: float = Field(0.01, ge=0.0)
+    checkpoint_dir: str = "checkpoints/teacher"
+    out: str = "models/teacher.pt"
+    amp: bool = True
+
+
+class DistillParams(_Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)
+    image_size: int = Field(96, ge=16)
+    num_workers: int = Field(0, ge=0)
+    optim: OptimParams = OptimParams()
+    content_loss: Literal["bce", "bce_dice"] = "bce_dice"
+    adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
+    consistency: Literal["l1", "l2"] = "l1"
+    feature_strides: list[int] = [4, 8]
+    w_content: float = Field(1.0, ge=0.0)
+    w_consistency: float = Field(1.0, ge=0.0)
+    w_feature: float = Field(0.1, ge=0.0)
+    w_adv: float = Field(0.01, ge=0.0)
+    w_distill: float = Field(0.01, ge=0.0)
+    checkpoint_dir: str = "checkpoints/student"
+    out: str = "models/student.pt"
+    amp: bool = True
+
+
+class EvaluateParams(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    input_size: int | None = Field(96, ge=16)
+    beta2: float = Field(0.3, gt=0.0)
+    adaptive_factor: float = Field(1.5, gt=0.0)
+    thresholds: int = Field(256, ge=2)
+    flip_tta: bool = False
+    grid_samples: int = Field(6, ge=1)
+    out_dir: str = "metrics"
+    efficiency_size: int = Field(320, ge=32)
+    efficiency_runs: int = Field(5, ge=1)
+
+
+class RegisterParams(_Section):
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_location: str = "mlflow/artifacts"
+    experiment: str = "dbdgan"
+    teacher_name: str = "dbd-teacher"
+    student_name: str = "dbd-student"
+    out: str = "reports/registered.json"
+
+
+with warnings.catch_warnings():
+    # `register` names a pipeline step here; pydantic warns only because ABCMeta has a method of that name.
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Params(_Section):
+        seed: int = 0
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        deterministic: bool = True
+        data: DataParams = DataParams()
+        model: ModelParams = ModelParams()
+        train_teacher: TrainTeacherParams = TrainTeacherParams()
+        distill_student: DistillParams = DistillParams()
+        evaluate: EvaluateParams = EvaluateParams()
+        register: RegisterParams = RegisterParams()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `dotted.key=value`; the value is read as YAML so numbers, lists and null work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {err['msg']}{shown}")
+    return f"invalid params in {source}:\n" + "\n".join(lines)
+
+
+def params_from_dict(tree: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Params:
+    tree = dict(tree)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing keys take defaults), apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+    return params_from_dict(tree, overrides, source=str(path))

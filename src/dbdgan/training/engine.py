@@ -1,0 +1,237 @@
+"""The epoch loop shared by teacher training and distillation: resume, validate, keep the best, checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from dbdgan.checkpoint import load_training_state, read_model_file, save_model_file, save_training_state
+from dbdgan.config import OptimParams, Params
+from dbdgan.data.dataset import DBDDataset
+from dbdgan.evaluation.metrics import MAE, FBetaCurve
+from dbdgan.io_utils import atomic_torch_save
+from dbdgan.tracking import stage_run
+from dbdgan.training.runtime import Runtime, barrier
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[dict[str, torch.Tensor], int, int], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; raised before the bad step touches any weights or checkpoints."""
+
+
+def check_finite(losses: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(
+                f"loss term {name!r} is {value.item()} at epoch {epoch + 1}, step {step + 1}; "
+                "the run stops here and no checkpoint was overwritten"
+            )
+
+
+def fingerprint(*parts: Any) -> str:
+    """Identifies a run's inputs, so a rerun resumes only a checkpoint made with the same ones."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(flag)
+
+
+def build_optimizer(parameters: Any, lr: float, optim: OptimParams) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimParams,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: cosine to zero, poly decay, or constant."""
+    total = max(total_steps, 1)
+    if optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if optim.schedule == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total) / total) ** optim.poly_power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, num_workers: int, seed: int,
+                runtime: Runtime, train: bool) -> DataLoader:
+    """Shuffling is seeded per epoch (see `start_epoch`), so a resumed run sees the same batches."""
+    dataset = DBDDataset(Path(data_dir), split, size=size, augment=train, seed=seed)
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} of {data_dir} is empty")
+    sampler = None
+    if runtime.distributed and train:
+        sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      num_workers=num_workers, drop_last=train and len(dataset) >= batch_size,
+                      generator=generator, pin_memory=runtime.use_cuda, persistent_workers=False)
+
+
+def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
+    dataset = loader.dataset
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, beta2: float) -> dict[str, float]:
+    """Validation MAE and max F-beta (blurred positive) at the training resolution."""
+    was_training = model.training
+    model.eval()
+    mae, fbeta = MAE(), FBetaCurve(beta2=beta2)
+    for batch in loader:
+        prob = torch.sigmoid(model(batch["image"].to(device))).float().cpu()
+        mae.update(prob, batch["mask"])
+        fbeta.update(prob, batch["mask"])
+    model.train(was_training)
+    curve = fbeta.compute()
+    return {"val_mae": float(mae.compute()), "val_max_f": float(curve["max_f"])}
+
+
+@dataclass
+class TrainingJob:
+    """Everything the epoch loop needs; the stage-specific part is `train_step`."""
+
+    stage: str
+    params: Params
+    runtime: Runtime
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    train_step: StepFn
+    exported: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    epochs: int
+    checkpoint_dir: Path
+    out_path: Path
+    run_fingerprint: str
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _training_state(job: TrainingJob, epoch: int, best: float, run_id: str | None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "fingerprint": job.run_fingerprint,
+        "epoch": epoch,
+        "best_val_max_f": best,
+        "mlflow_run_id": run_id or "",
+        "torch_rng": torch.get_rng_state(),
+        "modules": {name: module.state_dict() for name, module in job.modules.items()},
+        "optimizers": {name: opt.state_dict() for name, opt in job.optimizers.items()},
+        "schedulers": {name: sched.state_dict() for name, sched in job.schedulers.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(job: TrainingJob, state: dict[str, Any]) -> None:
+    for name, module in job.modules.items():
+        module.load_state_dict(state["modules"][name])
+    for name, opt in job.optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    for name, sched in job.schedulers.items():
+        sched.load_state_dict(state["schedulers"][name])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def _resume_point(job: TrainingJob) -> tuple[int, float, str | None]:
+    last = job.checkpoint_dir / "last.pt"
+    if not last.is_file():
+        return 0, -1.0, None
+    state = load_training_state(last)
+    if state.get("fingerprint") != job.run_fingerprint:
+        log.warning("ignoring %s: it was made with other params or data", last)
+        return 0, -1.0, None
+    _restore(job, state)
+    log.info("resuming %s from %s after epoch %d", job.stage, last, state["epoch"])
+    return int(state["epoch"]), float(state["best_val_max_f"]), state["mlflow_run_id"] or None
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.state_dict().values() if p.is_floating_point())
+
+
+def fit(job: TrainingJob) -> dict[str, Any]:
+    """Train for the configured epochs (resuming if possible) and write the best model to `out_path`."""
+    runtime, params = job.runtime, job.params
+    job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    first_epoch, best, run_id = _resume_point(job)
+    best_path = job.checkpoint_dir / "best.pt"
+    history: list[dict[str, float]] = []
+    with stage_run(params, job.stage, run_id=run_id, enabled=runtime.is_main) as run:
+        run_id = run.info.run_id if run is not None else None
+        for epoch in range(first_epoch, job.epochs):
+            start_epoch(job.train_loader, params.seed, epoch)
+            totals: dict[str, float] = {}
+            bar = tqdm(job.train_loader, desc=f"{job.stage} {epoch + 1}/{job.epochs}", disable=not runtime.is_main,
+                       leave=False)
+            for step, batch in enumerate(bar):
+                losses = job.train_step(batch, epoch, step)
+                for sched in job.schedulers.values():
+                    sched.step()
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            row = {f"loss_{k}": v / max(len(job.train_loader), 1) for k, v in totals.items()}
+            if runtime.is_main:
+                row.update(validate(job.exported, job.val_loader, runtime.device, params.evaluate.beta2))
+                history.append({"epoch": epoch + 1, **row})
+                log.info("%s epoch %d: %s", job.stage, epoch + 1, row)
+                if run is not None:
+                    import mlflow
+
+                    mlflow.log_metrics(row, step=epoch + 1)
+                if not _all_finite(job.exported):
+                    raise NonFiniteLossError(f"weights of {job.arch} became non-finite in epoch {epoch + 1}")
+                if row["val_max_f"] > best:
+                    best = row["val_max_f"]
+                    save_model_file(best_path, job.arch, job.arch_kwargs, job.exported,
+                                    {"epoch": epoch + 1, **row, **job.extra_metadata})
+                save_training_state(job.checkpoint_dir / "last.pt", _training_state(job, epoch + 1, best, run_id))
+            barrier(runtime)
+        if runtime.is_main:
+            payload = read_model_file(best_path)
+            payload["metadata"]["mlflow_run_id"] = run_id or ""
+            atomic_torch_save(payload, job.out_path)
+            summary = {"stage": job.stage, "best_val_max_f": best, "best": payload["metadata"],
+                       "mlflow_run_id": run_id, "history": history}
+            if run is not None:
+                import mlflow
+
+                mlflow.log_metric("best_val_max_f", best)
+                mlflow.log_artifact(str(job.out_path), artifact_path="checkpoint")
+            return summary
+    return {"stage": job.stage, "rank": runtime.rank}
