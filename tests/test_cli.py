@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from dbdgan.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_pipeline_step_has_a_subcommand():
+    parser = build_parser()
+    for command in ["prepare", "validate", "train-teacher", "distill-student", "evaluate", "register"]:
+        args = parser.parse_args([command, "--params", "p.yaml", "--set", "a.b=1", "--set", "c=2"])
+        assert args.params == "p.yaml"
+        assert args.overrides == ["a.b=1", "c=2"]
+
+
+def test_bad_override_exits_2_with_the_key(capsys):
+    code = main(["validate", "--params", str(REPO / "params.yaml"), "--set", "data.min_size=-5"])
+    assert code == 2
+    assert "data.min_size" in capsys.readouterr().err
+
+
+def test_missing_params_file_exits_2(capsys, tmp_path):
+    assert main(["prepare", "--params", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_validate_missing_folder_is_a_clear_error(capsys, tmp_path):
+    code = main(["validate", "--params", str(REPO / "params.yaml"), "--data", str(tmp_path / "absent"),
+                 "--report", str(tmp_path / "report")])
+    assert code == 1
+    assert "absent" in capsys.readouterr().err

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from dbdgan.config import ConfigError, load_params, params_from_dict, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_file_is_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.evaluate.beta2 == pytest.approx(0.3)
+    assert params.register.tracking_uri.startswith("sqlite:///")
+
+
+def test_overrides_parse_yaml_values():
+    params = load_params(REPO / "params.yaml", ["train_teacher.epochs=3", "distill_student.feature_strides=[8]",
+                                                "data.input=null", "train_teacher.optim.lr=1e-4"])
+    assert params.train_teacher.epochs == 3
+    assert params.distill_student.feature_strides == [8]
+    assert params.train_teacher.optim.lr == pytest.approx(1e-4)
+    assert parse_override("a.b=") == ("a.b", "")
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("train_teacher.epochs=0", "train_teacher.epochs"),
+    ("train_teacher.epochs=many", "'many'"),
+    ("model.discriminator=resnet", "'resnet'"),
+    ("model.unknown_knob=1", "model.unknown_knob"),
+    ("data.split.train=0.9", "sum to 1"),
+    ("data.source=cuhk", "data.input"),
+])
+def test_bad_values_name_key_and_value(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO / "params.yaml", [override])
+    assert fragment in str(info.value)
+    assert "params.yaml" in str(info.value)
+
+
+def test_malformed_override_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        params_from_dict({}, ["no_equals_sign"])
+    with pytest.raises(ConfigError, match="not a section"):
+        params_from_dict({"seed": 1}, ["seed.inner=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_params(scalar)
+
+
+def test_missing_keys_take_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\n")
+    params = load_params(path)
+    assert params.seed == 7
+    assert params.model.teacher == "teacher_tiny"

@@ -1,0 +1,138 @@
+"""Training engines on a tiny synthetic set: resume, frozen teacher, divergence, DDP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_fixtures import REPO, tiny_overrides, tiny_params
+
+from dbdgan import steps
+from dbdgan.checkpoint import load_model_file, read_model_file
+from dbdgan.training import engine
+from dbdgan.training.engine import NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """One prepared tiny dataset for the whole module; each test trains into its own folder."""
+    root = tmp_path_factory.mktemp("train_data")
+    steps.prepare(tiny_params(root))
+    return root / "data" / "prepared"
+
+
+def _params(root: Path, data: Path, extra: list[str] | None = None):
+    return tiny_params(root, [f"data.prepared_dir={data}", *(extra or [])])
+
+
+def _last_state(root: Path, stage: str) -> dict:
+    return torch.load(root / "checkpoints" / stage / "last.pt", weights_only=True)
+
+
+def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
+    result = steps.train_teacher(_params(tmp_path, prepared))
+    assert [row["epoch"] for row in result["history"]] == [1, 2]
+    for row in result["history"]:
+        assert 0.0 <= row["val_max_f"] <= 1.0 and 0.0 <= row["val_mae"] <= 1.0
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if k.startswith("loss_"))
+    payload = read_model_file(tmp_path / "models" / "teacher.pt")
+    assert payload["metadata"]["val_max_f"] == pytest.approx(result["best_val_max_f"])
+    assert payload["metadata"]["mlflow_run_id"]
+    model = load_model_file(tmp_path / "models" / "teacher.pt")
+    assert model(torch.rand(1, 3, 37, 53)).shape == (1, 1, 37, 53)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch):
+    straight = tmp_path / "straight"
+    steps.train_teacher(_params(straight, prepared))
+
+    resumed = tmp_path / "resumed"
+    real_start_epoch = engine.start_epoch
+
+    def killed_in_second_epoch(loader, seed, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+        real_start_epoch(loader, seed, epoch)
+
+    monkeypatch.setattr(engine, "start_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        steps.train_teacher(_params(resumed, prepared))
+    assert _last_state(resumed, "teacher")["epoch"] == 1
+    assert not (resumed / "models" / "teacher.pt").exists()
+    monkeypatch.setattr(engine, "start_epoch", real_start_epoch)
+    steps.train_teacher(_params(resumed, prepared))
+
+    a, b = _last_state(straight, "teacher"), _last_state(resumed, "teacher")
+    assert a["epoch"] == b["epoch"] == 2
+    for name in ("teacher", "d1"):
+        for key, tensor in a["modules"][name].items():
+            assert torch.equal(tensor, b["modules"][name][key]), f"{name}.{key} differs after resume"
+
+
+def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, prepared, monkeypatch):
+    params = _params(tmp_path, prepared, ["train_teacher.epochs=1"])
+    steps.train_teacher(params)
+    last = tmp_path / "checkpoints" / "teacher" / "last.pt"
+    before = last.read_bytes()
+
+    from dbdgan.training import teacher as teacher_module
+
+    real_content = teacher_module.content_loss
+    calls = {"n": 0}
+
+    def diverging(logits, target, kind="bce"):
+        calls["n"] += 1
+        value = real_content(logits, target, kind=kind)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(teacher_module, "content_loss", diverging)
+    with pytest.raises(NonFiniteLossError, match=r"'content' is nan at epoch 2, step 2"):
+        steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=2"]))
+    assert last.read_bytes() == before
+
+
+def test_distillation_keeps_teacher_frozen(tmp_path, prepared, monkeypatch):
+    steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=1"]))
+    from dbdgan.training import student as student_module
+
+    loaded = {}
+
+    def capture(path, device="cpu"):
+        loaded["teacher"] = load_model_file(path, device)
+        loaded["before"] = {k: v.clone() for k, v in loaded["teacher"].state_dict().items()}
+        return loaded["teacher"]
+
+    monkeypatch.setattr(student_module, "load_model_file", capture)
+    result = steps.distill_student(_params(tmp_path, prepared))
+    assert result["history"][0]["loss_consistency"] > 0
+    assert result["history"][0]["loss_feature"] > 0
+    after = loaded["teacher"].state_dict()
+    assert not loaded["teacher"].training
+    for key, tensor in loaded["before"].items():
+        assert torch.equal(tensor, after[key]), f"teacher {key} changed during distillation"
+    assert all(not p.requires_grad for p in loaded["teacher"].parameters())
+    assert read_model_file(tmp_path / "models" / "student.pt")["arch"] == "mobile_tiny"
+
+
+def test_ddp_two_cpu_processes_train_end_to_end(tmp_path, prepared):
+    """torchrun with 2 gloo processes on CPU; only rank 0 writes the model and checkpoints."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    overrides = tiny_overrides(tmp_path) + [f"data.prepared_dir={prepared}", "train_teacher.epochs=1"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml")]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "models" / "teacher.pt").is_file()
+    state = _last_state(tmp_path, "teacher")
+    assert state["epoch"] == 1
+    assert not list((tmp_path / "checkpoints" / "teacher").glob("*.tmp"))
+    shutil.rmtree(tmp_path / "checkpoints")
