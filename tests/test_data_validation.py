@@ -122,6 +122,7 @@ def test_clean_dataset_passes_and_writes_reports(dataset: Path, tmp_path: Path) 
     summary = json.loads((report_dir / "validation.json").read_text())
     assert summary["success"] is True
     assert summary["evaluated_expectations"] == report.evaluated_expectations > 20
+    assert report.summary["success"] is True and report.summary["split_counts"] == report.split_counts
     index = report_dir / "data_docs" / "index.html"
     assert index.is_file() and report.data_docs_index == index
     assert list((report_dir / "data_docs" / "validations").rglob("*.html"))

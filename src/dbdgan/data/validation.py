@@ -107,6 +107,21 @@ class ValidationReport:
         parts.append(f"Data Docs: {self.data_docs_index}")
         return "\n".join(parts)
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers (what the CLI prints); validation.json has the per-file detail."""
+        return {
+            "success": self.success,
+            "n_rows": self.n_rows,
+            "split_counts": self.split_counts,
+            "evaluated_expectations": self.evaluated_expectations,
+            "failed_expectations": len(self.failures),
+            "warnings": [f.describe() for f in self.warnings],
+            "data_docs": str(self.data_docs_index),
+            "report": str(self.json_path),
+            "duration_s": self.duration_s,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("data_dir", "data_docs_index", "json_path"):
