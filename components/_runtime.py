@@ -1,0 +1,113 @@
+"""Glue that runs inside a component's container: params, tracking env, scratch space, reports for the KFP UI.
+
+No ML here: every computation is a `dbdgan.steps` call. This module must not import kfp (it is imported
+at run time, where only the artifact objects handed in by the KFP executor are available).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbdgan.config import Params, params_from_dict
+
+
+def load_params(params_yaml: str, overrides: list[str], settings: dict[str, Any] | None = None) -> Params:
+    """params.yaml text + user overrides + the paths this component decides (settings win, last)."""
+    try:
+        tree = yaml.safe_load(params_yaml) if params_yaml.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"pipeline parameter params_yaml is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ValueError("pipeline parameter params_yaml must hold a mapping at the top level")
+    # JSON is valid YAML, so quoting each value keeps paths and names from being re-typed by the YAML parser.
+    pinned = [f"{key}={json.dumps(value)}" for key, value in (settings or {}).items()]
+    return params_from_dict(tree, [*overrides, *pinned], source="pipeline parameter params_yaml")
+
+
+def use_tracking(mlflow_tracking_uri: str) -> None:
+    """A non-empty pipeline parameter beats the pod's MLFLOW_TRACKING_URI; empty leaves the env alone."""
+    if mlflow_tracking_uri.strip():
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri.strip()
+
+
+def scratch(name: str) -> Path:
+    """A fresh folder for files that are not outputs (checkpoints, downloads); never the working tree."""
+    return Path(tempfile.mkdtemp(prefix=f"dbdgan-{name}-"))
+
+
+def publish(path: str | Path, reports_uri: str, run_id: str, name: str) -> str:
+    """Copy a report (file or folder) to `<reports_uri>/<run_id>/<name>` if reports_uri is set; return it."""
+    if not reports_uri.strip():
+        return ""
+    from dbdgan.storage import upload
+
+    target = f"{reports_uri.strip().rstrip('/')}/{run_id or 'local'}/{name}"
+    upload(path, target)
+    return target
+
+
+def scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict under dotted keys (what a KFP Metrics artifact can show)."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(scalars(value, f"{dotted}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[dotted] = float(value)
+    return flat
+
+
+def pick(values: dict[str, float], key: str) -> float:
+    if key not in values:
+        raise KeyError(f"metric {key!r} not found; available: {', '.join(sorted(values)) or 'none'}")
+    return values[key]
+
+
+def split_counts(data_dir: str | Path) -> dict[str, int]:
+    with (Path(data_dir) / "manifest.csv").open(newline="") as handle:
+        return dict(sorted(Counter(row["split"] for row in csv.DictReader(handle)).items()))
+
+
+def markdown(title: str, rows: dict[str, Any], note: str = "") -> str:
+    lines = [f"# {title}", "", "| key | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+              for key, value in rows.items()]
+    return "\n".join([*lines, "", note]).rstrip() + "\n"
+
+
+def html_page(title: str, tables: dict[str, dict[str, float]], images: list[Path]) -> str:
+    """One self-contained HTML file (images inlined) that the KFP UI renders as a visualization."""
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if tables:
+        keys = sorted({key for table in tables.values() for key in table})
+        parts.append("<table border='1' cellpadding='4'><tr><th>metric</th>"
+                     + "".join(f"<th>{html.escape(name)}</th>" for name in tables) + "</tr>")
+        for key in keys:
+            cells = "".join(f"<td>{table[key]:.4f}</td>" if key in table else "<td></td>"
+                            for table in tables.values())
+            parts.append(f"<tr><td>{html.escape(key)}</td>{cells}</tr>")
+        parts.append("</table>")
+    for image in images:
+        if image.is_file():
+            data = base64.b64encode(image.read_bytes()).decode()
+            parts.append(f"<h2>{html.escape(image.name)}</h2><img src='data:image/png;base64,{data}'/>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Output artifact files: the folder may not exist yet under a local pipeline root."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")

@@ -1,0 +1,203 @@
+"""`dbdgan pipeline compile | run-local | submit`: the KFP pipeline from the command line.
+
+Entry point: `main(argv) -> exit code`. Secrets never pass through here: a KFP token comes from
+$KFP_TOKEN (or --token) and goes only to kfp.Client; S3 and MLflow credentials stay in the environment
+(locally) or in Kubernetes Secrets (on a cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+TOKEN_ENV = "KFP_TOKEN"
+HOST_ENV = "KFP_HOST"
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_build_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file, baked in as the default of the params_yaml pipeline parameter")
+    parser.add_argument("--image", help="component image (default: $DBDGAN_IMAGE or the built-in tag)")
+
+
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster settings (see docs/kubernetes.md)")
+    g.add_argument("--s3-secret", default="dbdgan-s3",
+                   help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ('' = none: use a pod identity)")
+    g.add_argument("--mlflow-secret", default="dbdgan-mlflow", help="optional Secret with MLflow credentials")
+    g.add_argument("--config-map", default="dbdgan-config",
+                   help="optional ConfigMap with MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per training step (0 = CPU training)")
+    g.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
+    g.add_argument("--gpu-node-selector", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="node label for training pods (repeatable; default nvidia.com/gpu.present=true)")
+    g.add_argument("--gpu-toleration", action="append", metavar="KEY",
+                   help="taint key the training pods tolerate (Exists, NoSchedule; default nvidia.com/gpu)")
+    g.add_argument("--retries", type=int, default=2, help="retries of each step except register")
+    g.add_argument("--image-pull-secret", action="append", default=[], help="image pull Secret (repeatable)")
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run arguments")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="param override, e.g. --set train_teacher.epochs=2 (repeatable)")
+    g.add_argument("--data-uri", default="", help="raw data: folder or s3://bucket/prefix ('' = from params)")
+    g.add_argument("--reports-uri", default="", help="s3://bucket/prefix to copy reports to ('' = off)")
+    g.add_argument("--mlflow-uri", default="",
+                   help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else register.tracking_uri)")
+    g.add_argument("--mlflow-experiment", help="MLflow experiment (default: register.experiment)")
+    g.add_argument("--teacher-name", help="registered teacher name (default: register.teacher_name)")
+    g.add_argument("--student-name", help="registered student name (default: register.student_name)")
+    g.add_argument("--min-max-f", type=float, help="gate: lowest student max-F to register (default 0)")
+    g.add_argument("--max-mae", type=float, help="gate: highest student MAE to register (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbdgan pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="write the pipeline IR YAML")
+    _add_build_args(p)
+    p.add_argument("--out", default="pipeline.yaml", help="output file (default: pipeline.yaml)")
+    p.add_argument("--local", action="store_true", help="omit the Kubernetes settings")
+    _add_cluster_args(p)
+
+    p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp.local (SubprocessRunner)")
+    _add_build_args(p)
+    p.add_argument("--pipeline-root", default="outputs/kfp", help="task outputs (default: outputs/kfp)")
+    _add_run_args(p)
+
+    p = sub.add_parser("submit", help="compile for the cluster and start a run with kfp.Client")
+    _add_build_args(p)
+    p.add_argument("--host", default=os.environ.get(HOST_ENV), help=f"KFP endpoint (default: ${HOST_ENV})")
+    p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, safer: flags show in ps)")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+    p.add_argument("--experiment", default="dbdgan", help="KFP experiment (default: dbdgan)")
+    p.add_argument("--run-name", help="run name (default: pipeline name + time)")
+    p.add_argument("--no-cache", action="store_true", help="disable caching for this run")
+    _add_run_args(p)
+    _add_cluster_args(p)
+    return parser
+
+
+def _params_text(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"params file not found: {file}")
+    return file.read_text()
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from pipelines.k8s import ClusterSettings, Toleration
+
+    kwargs: dict[str, Any] = {
+        "s3_secret": args.s3_secret or None, "mlflow_secret": args.mlflow_secret or None,
+        "config_map": args.config_map or None, "gpus": args.gpus, "accelerator_type": args.accelerator,
+        "retries": args.retries, "image_pull_secrets": tuple(args.image_pull_secret),
+    }
+    if args.gpu_node_selector:
+        kwargs["gpu_node_selector"] = dict(args.gpu_node_selector)
+    if args.gpu_toleration:
+        kwargs["gpu_tolerations"] = tuple(Toleration(key) for key in args.gpu_toleration)
+    return ClusterSettings(**kwargs)
+
+
+def _pipeline(args: argparse.Namespace, cluster: Any) -> Any:
+    from pipelines.pipeline import build_pipeline
+
+    return build_pipeline(_params_text(args.params), cluster=cluster, image=args.image)
+
+
+def compile_pipeline(args: argparse.Namespace, out: Path, cluster: Any) -> Path:
+    from kfp import compiler
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(_pipeline(args, cluster), str(out))
+    return out
+
+
+def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline arguments from flags; unset optional flags keep the pipeline's own defaults."""
+    arguments: dict[str, Any] = {"overrides": list(args.overrides), "data_uri": args.data_uri,
+                                 "reports_uri": args.reports_uri, "mlflow_tracking_uri": args.mlflow_uri}
+    optional = {"experiment": args.mlflow_experiment, "teacher_name": args.teacher_name,
+                "student_name": args.student_name, "min_student_max_f": args.min_max_f,
+                "max_student_mae": args.max_mae}
+    arguments.update({key: value for key, value in optional.items() if value is not None})
+    return arguments
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    out = compile_pipeline(args, Path(args.out), None if args.local else _cluster(args))
+    print(f"wrote {out}{' (no Kubernetes settings)' if args.local else ''}")
+    return 0
+
+
+def _cmd_run_local(args: argparse.Namespace) -> int:
+    from kfp import local
+
+    root = Path(args.pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    pipeline = _pipeline(args, None)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    with warnings.catch_warnings():
+        # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        pipeline(**_run_arguments(args))
+    print(f"pipeline finished; task outputs under {root}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import kfp
+
+    if not args.host:
+        raise ValueError(f"no KFP endpoint: pass --host or set ${HOST_ENV}")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(args, Path(tmp) / "pipeline.yaml", _cluster(args))
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)
+                client = kfp.Client(host=args.host, existing_token=token,
+                                    **({"namespace": args.namespace} if args.namespace else {}))
+            result = client.create_run_from_pipeline_package(
+                str(package), arguments=_run_arguments(args), run_name=args.run_name,
+                experiment_name=args.experiment, namespace=args.namespace,
+                enable_caching=False if args.no_cache else None)
+        except Exception as exc:  # urllib3/kfp_server_api errors share no base class worth naming
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            raise RuntimeError(f"cannot submit to KFP at {args.host}: {reason}") from None
+    print(f"submitted run {result.run_id}")
+    print(f"{args.host.rstrip('/')}/#/runs/details/{result.run_id}")
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "run-local": _cmd_run_local, "submit": _cmd_submit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
+        print(f"dbdgan pipeline {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Kubernetes settings for a cluster compile: secrets as env, GPUs, scheduling, resources, retries.
+
+Applied only by `build_pipeline(..., cluster=ClusterSettings(...))`: `kfp.local` runs the bare pipeline.
+Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+# Task keys used by pipelines.pipeline (the step names).
+GPU_STEPS = ("train_teacher", "distill_student")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = "NoSchedule"
+
+
+DEFAULT_RESOURCES = {
+    "prepare_data": Resources("2", "4Gi"),
+    "validate_data": Resources("2", "4Gi"),
+    "train_teacher": Resources("8", "32Gi"),
+    "distill_student": Resources("8", "32Gi"),
+    "evaluate_models": Resources("4", "8Gi"),
+    "metric_value": Resources("100m", "256Mi"),
+    "register_models": Resources("1", "2Gi"),
+}
+
+# Bounded MLflow client retries: a tracking server that is down fails the step in about a minute.
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+                     "DBDGAN_S3_MAX_ATTEMPTS": "5"}
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Everything cluster-specific; the defaults match docs/kubernetes.md."""
+
+    # Secret with the S3/MinIO keys (None: rely on a pod identity such as IRSA or workload identity).
+    s3_secret: str | None = "dbdgan-s3"
+    s3_secret_keys: dict[str, str] = field(default_factory=lambda: {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    # Optional Secret with MLflow credentials (basic auth or token of a secured tracking server).
+    mlflow_secret: str | None = "dbdgan-mlflow"
+    mlflow_secret_keys: dict[str, str] = field(default_factory=lambda: {
+        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+    # Optional ConfigMap with the non-secret endpoints (tracking URI, S3 endpoint for MinIO).
+    config_map: str | None = "dbdgan-config"
+    config_map_keys: dict[str, str] = field(default_factory=lambda: {
+        "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"})
+    accelerator_type: str = "nvidia.com/gpu"
+    gpus: int = 1
+    gpu_node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
+    shm_size: str = "8Gi"  # /dev/shm for DataLoader workers on the GPU steps
+    resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    retries: int = 2
+    image_pull_secrets: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=lambda: dict(MLFLOW_CLIENT_ENV))
+
+
+def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
+    """Attach the settings to each task, keyed by step name (see pipelines.pipeline)."""
+    for step, task in tasks.items():
+        if settings.s3_secret:
+            kubernetes.use_secret_as_env(task, settings.s3_secret, dict(settings.s3_secret_keys))
+        if settings.mlflow_secret:
+            kubernetes.use_secret_as_env(task, settings.mlflow_secret, dict(settings.mlflow_secret_keys),
+                                         optional=True)
+        if settings.config_map:
+            kubernetes.use_config_map_as_env(task, settings.config_map, dict(settings.config_map_keys),
+                                             optional=True)
+        if settings.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
+        for name, value in settings.env.items():
+            task.set_env_variable(name, value)
+        resources = settings.resources.get(step)
+        if resources is not None:
+            task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+        # Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries
+        # cover transient errors there; every other step is safe to rerun.
+        if settings.retries and step != "register_models":
+            task.set_retry(num_retries=settings.retries, backoff_duration="30s", backoff_factor=2.0,
+                           backoff_max_duration="3600s")
+        if step in GPU_STEPS and settings.gpus > 0:
+            _gpu(task, settings)
+
+
+def _gpu(task: PipelineTask, settings: ClusterSettings) -> None:
+    task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.gpus)
+    for key, value in settings.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for tol in settings.gpu_tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value,
+                                  effect=tol.effect)
+    if settings.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=settings.shm_size)

@@ -1,0 +1,92 @@
+"""The dbdgan KFP pipeline: prepare, validate, train_teacher, distill_student, evaluate, [gate] register.
+
+`build_pipeline` returns a fresh pipeline function; the same function is compiled for a cluster (with
+`ClusterSettings`) or run by `kfp.local` (without). Caching is on for the deterministic steps (prepare,
+validate, evaluate: same inputs, same outputs) and off for training (GPU kernels are not bitwise
+reproducible, and each run should leave its MLflow training run) and for registration (a side effect).
+"""
+
+# No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
+import json
+from typing import Any
+
+import yaml
+from kfp import dsl
+from kfp.dsl.graph_component import GraphComponent
+
+from components.ops import ops
+from dbdgan.config import params_from_dict
+from pipelines.k8s import ClusterSettings, apply
+
+PIPELINE_NAME = "dbdgan-train"
+STUDENT_MAE_METRIC = "student.mae"
+
+
+def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
+                   image: str | None = None) -> GraphComponent:
+    """The pipeline with `params_text` (params.yaml content) as the default of its params_yaml parameter.
+
+    The text is validated here, so a broken params.yaml fails at compile time, not in a pod. The default is
+    stored as one line of JSON (valid YAML): the KFP compiler copies defaults into a comment header of the
+    IR file, and a multi-line default would break that file.
+    """
+    tree: Any = (yaml.safe_load(params_text) if params_text.strip() else None) or {}
+    defaults = params_from_dict(tree, source="params_yaml").register
+    params_default = json.dumps(tree, separators=(",", ":"))
+    op = ops(image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, gate, registry")
+    def dbdgan_train(
+        params_yaml: str = params_default,
+        overrides: list = [],  # noqa: B006 -- KFP reads the default; it is never mutated
+        data_uri: str = "",
+        reports_uri: str = "",
+        mlflow_tracking_uri: str = "",
+        experiment: str = defaults.experiment,
+        teacher_name: str = defaults.teacher_name,
+        student_name: str = defaults.student_name,
+        min_student_max_f: float = 0.0,
+        max_student_mae: float = 1.0,
+    ) -> None:
+        """Train and register a defocus blur detector.
+
+        params_yaml/overrides: params.yaml text and `dotted.key=value` overrides. data_uri: "" (params),
+        a folder, or s3://bucket/prefix of raw data. reports_uri: s3://bucket/prefix for reports ("" = off).
+        mlflow_tracking_uri: "" = the pod's MLFLOW_TRACKING_URI. The student is registered only if its
+        max-F >= min_student_max_f and its MAE <= max_student_mae.
+        """
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        common = {"params_yaml": params_yaml, "overrides": overrides}
+        prepare = op.prepare_data(**common, data_uri=data_uri).set_display_name("prepare data")
+        validate = op.validate_data(**common, run_id=run_id, reports_uri=reports_uri,
+                                    dataset=prepare.outputs["dataset"]).set_display_name("validate data")
+        teacher = op.train_teacher(**common, mlflow_tracking_uri=mlflow_tracking_uri,
+                                   dataset=prepare.outputs["dataset"]).set_display_name("train teacher")
+        teacher.after(validate)
+        student = op.distill_student(**common, mlflow_tracking_uri=mlflow_tracking_uri,
+                                     dataset=prepare.outputs["dataset"],
+                                     teacher=teacher.outputs["teacher"]).set_display_name("distill student")
+        evaluate = op.evaluate_models(**common, run_id=run_id, reports_uri=reports_uri,
+                                      dataset=prepare.outputs["dataset"], teacher=teacher.outputs["teacher"],
+                                      student=student.outputs["student"]).set_display_name("evaluate")
+        mae = op.metric_value(metrics=evaluate.outputs["metrics"], name=STUDENT_MAE_METRIC)
+        mae.set_display_name("student MAE")
+        tasks = {"prepare_data": prepare, "validate_data": validate, "train_teacher": teacher,
+                 "distill_student": student, "evaluate_models": evaluate, "metric_value": mae}
+        for name, task in tasks.items():
+            task.set_caching_options(name not in ("train_teacher", "distill_student"))
+        # The promotion gate: nested conditions (KFP has no `and`), each on a task's single return value.
+        with (dsl.If(evaluate.outputs["Output"] >= min_student_max_f, name="student-max-f-gate"),
+              dsl.If(mae.output <= max_student_mae, name="student-mae-gate")):
+            register = op.register_models(
+                **common, mlflow_tracking_uri=mlflow_tracking_uri, experiment=experiment,
+                teacher_name=teacher_name, student_name=student_name, run_id=run_id, reports_uri=reports_uri,
+                dataset=prepare.outputs["dataset"], teacher=teacher.outputs["teacher"],
+                student=student.outputs["student"], scores=evaluate.outputs["scores"],
+            ).set_display_name("register models")
+            register.set_caching_options(False)
+            tasks["register_models"] = register
+        if cluster is not None:
+            apply(tasks, cluster)
+
+    return dbdgan_train

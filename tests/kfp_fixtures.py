@@ -1,0 +1,123 @@
+"""Real local services for the storage and KFP tests: a moto S3 server and an `mlflow server` on 127.0.0.1.
+
+Plain context managers (not fixtures) so that each test module wraps them at the scope it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET_PREFIX = "PLANTEDSECRET"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dummy_credentials() -> dict[str, str]:
+    """Throwaway credentials for moto; the secret is recognisable so that tests can search outputs for it."""
+    return {"AWS_ACCESS_KEY_ID": f"AKIATEST{secrets.token_hex(6).upper()}",
+            "AWS_SECRET_ACCESS_KEY": f"{SECRET_PREFIX}{secrets.token_hex(12)}",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """An in-process moto S3 server (ThreadedMotoServer) on a free 127.0.0.1 port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the server is up
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = log.read_text(errors="replace")
+                raise RuntimeError(f"server at {url} did not start:\n{output}") from exc
+            time.sleep(0.25)
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """Stop the server and its workers: the whole process group it leads (SIGTERM, then SIGKILL)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            if self._group_gone(timeout=15):
+                break
+        self.proc.wait()
+
+    def _group_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader so that the group can disappear
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        return False
+
+
+@contextmanager
+def mlflow_server(workdir: Path, artifacts_destination: str, env: dict[str, str],
+                  port: int | None = None) -> Iterator[MlflowServer]:
+    """`mlflow server` with a sqlite store in `workdir` and proxied artifacts at `artifacts_destination`."""
+    port = port or free_port()
+    log = workdir / "mlflow-server.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+           "--artifacts-destination", artifacts_destination, "--workers", "1"]
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=workdir,
+                                env={**os.environ, **env}, start_new_session=True)
+    server = MlflowServer(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        _wait_http(f"{server.uri}/health", proc, log, timeout=90)
+        yield server
+    finally:
+        server.stop()
+
+
+def files_containing(roots: list[Path], needle: str) -> list[Path]:
+    """Every file under `roots` whose bytes contain `needle`."""
+    token = needle.encode()
+    hits = []
+    for root in roots:
+        paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        hits.extend(p for p in paths if token in p.read_bytes())
+    return hits

@@ -1,0 +1,234 @@
+"""The KFP pipeline compiles, wires every step, gates registration, and carries the cluster settings.
+
+No Kubernetes or KFP API server can exist on the test machines, so `submit` is tested against a stand-in
+for kfp.Client that records what it was asked to do; everything else runs the real KFP compiler.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dbdgan.config import ConfigError
+from pipelines import cli
+from pipelines.k8s import ClusterSettings
+from pipelines.pipeline import build_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_TEXT = (REPO / "params.yaml").read_text()
+STEP_COMPONENTS = ["comp-prepare-data", "comp-validate-data", "comp-train-teacher", "comp-distill-student",
+                   "comp-evaluate-models", "comp-metric-value", "comp-register-models"]
+
+
+def _compile(tmp_path: Path, cluster: ClusterSettings | None) -> tuple[dict, dict]:
+    """Compile; return the pipeline spec and the Kubernetes platform config per executor (or {})."""
+    from kfp import compiler
+
+    out = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(PARAMS_TEXT, cluster=cluster), str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return docs[0], platform
+
+
+def _executor(spec: dict, component: str) -> dict:
+    name = spec["components"][component]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][name]["container"]
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Task name -> task spec, from the root DAG and every condition sub-DAG."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
+    spec, platform = _compile(tmp_path, None)
+    assert set(STEP_COMPONENTS) <= set(spec["components"])
+    assert platform == {}  # no Kubernetes settings unless compiling for a cluster
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"params_yaml", "overrides", "data_uri", "reports_uri", "mlflow_tracking_uri", "experiment",
+            "teacher_name", "student_name", "min_student_max_f", "max_student_mae"} <= set(params)
+    assert yaml.safe_load(params["params_yaml"]["defaultValue"]) == yaml.safe_load(PARAMS_TEXT)
+    assert params["student_name"]["defaultValue"] == "dbd-student"
+
+    tasks = _all_tasks(spec)
+    conditions = {name: task["triggerPolicy"]["condition"] for name, task in tasks.items()
+                  if task.get("triggerPolicy", {}).get("condition")}
+    assert len(conditions) == 2
+    text = " ".join(conditions.values())
+    assert "pipelinechannel--evaluate-models-Output'] >= " in text and "min_student_max_f" in text
+    assert "pipelinechannel--metric-value-Output'] <= " in text and "max_student_mae" in text
+    # register sits inside the innermost condition, not in the root DAG
+    assert "register-models" not in spec["root"]["dag"]["tasks"]
+    inner = next(comp for comp in spec["components"].values()
+                 if "register-models" in comp.get("dag", {}).get("tasks", {}))
+    assert inner["dag"]["tasks"]["register-models"]["componentRef"]["name"] == "comp-register-models"
+
+    caching = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()
+               if not name.startswith("condition")}
+    assert caching == {"prepare-data": True, "validate-data": True, "train-teacher": False,
+                       "distill-student": False, "evaluate-models": True, "metric-value": True,
+                       "register-models": False}
+    assert "validate-data" in tasks["train-teacher"]["dependentTasks"]  # no training on unvalidated data
+
+
+def test_components_run_the_project_image_without_pip(tmp_path: Path) -> None:
+    spec, _ = _compile(tmp_path, None)
+    for component in STEP_COMPONENTS:
+        container = _executor(spec, component)
+        assert container["image"] == "ghcr.io/dbdgan/dbdgan:latest"
+        assert "pip install" not in " ".join(container["command"])  # the image already holds everything
+
+
+def test_cluster_compile_carries_kubernetes_settings(tmp_path: Path) -> None:
+    spec, platform = _compile(tmp_path, ClusterSettings())
+    for step in ("comp-train-teacher", "comp-distill-student"):
+        resources = _executor(spec, step)["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+        config = platform[spec["components"][step]["executorLabel"]]
+        assert config["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        assert config["tolerations"] == [toleration]
+        assert {m["mountPath"] for m in config["emptyDirMounts"]} == {"/dev/shm"}
+    for step in STEP_COMPONENTS:
+        resources = _executor(spec, step)["resources"]
+        assert resources.get("cpuRequest") and resources.get("memoryRequest")
+        config = platform[spec["components"][step]["executorLabel"]]
+        secrets = {s["secretName"]: {m["secretKey"]: m["envVar"] for m in s["keyToEnv"]}
+                   for s in config["secretAsEnv"]}
+        assert secrets["dbdgan-s3"] == {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+        config_maps = {c["configMapName"]: [m["envVar"] for m in c["keyToEnv"]]
+                       for c in config["configMapAsEnv"]}
+        assert "MLFLOW_TRACKING_URI" in config_maps["dbdgan-config"]
+        if step not in ("comp-train-teacher", "comp-distill-student"):
+            assert "accelerator" not in _executor(spec, step)["resources"]
+    retries = {name: task.get("retryPolicy", {}).get("maxRetryCount")
+               for name, task in _all_tasks(spec).items() if not name.startswith("condition")}
+    assert retries.pop("register-models") is None  # registering is not idempotent
+    assert set(retries.values()) == {2}
+
+
+def test_cluster_settings_are_configurable(tmp_path: Path) -> None:
+    settings = ClusterSettings(s3_secret=None, mlflow_secret=None, config_map=None, gpus=2,
+                               accelerator_type="amd.com/gpu", gpu_node_selector={"pool": "gpu"})
+    spec, platform = _compile(tmp_path, settings)
+    resources = _executor(spec, "comp-train-teacher")["resources"]
+    assert resources["accelerator"]["resourceType"] == "amd.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "2"
+    config = platform[spec["components"]["comp-train-teacher"]["executorLabel"]]
+    assert config["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert "secretAsEnv" not in config
+
+
+def test_invalid_params_fail_at_compile_time() -> None:
+    with pytest.raises(ConfigError, match="train_teacher.epochs"):
+        build_pipeline("train_teacher:\n  epochs: 0\n")
+
+
+def test_cli_compile_keeps_secrets_out_of_the_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    planted = {"AWS_SECRET_ACCESS_KEY": "PLANTEDSECRETaws0123456789", "AWS_ACCESS_KEY_ID": "AKIAPLANTED0123",
+               "MLFLOW_TRACKING_PASSWORD": "PLANTEDSECRETmlflow42", "KFP_TOKEN": "PLANTEDSECRETtoken99"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "pipeline.yaml"
+    assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
+    text = out.read_text() + capsys.readouterr().out
+    assert "secretAsEnv" in text  # the secret is referenced by name ...
+    for value in planted.values():
+        assert value not in text  # ... never by value
+
+
+def test_cli_compile_local_and_image(tmp_path: Path) -> None:
+    out = tmp_path / "local.yaml"
+    assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--out", str(out), "--local",
+                     "--image", "registry.example/dbdgan:1.2"]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert len(docs) == 1
+    assert _executor(docs[0], "comp-train-teacher")["image"] == "registry.example/dbdgan:1.2"
+
+
+def test_cli_reports_a_missing_params_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["compile", "--params", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p.yaml")]
+    assert cli.main(args) == 1
+    assert "params file not found" in capsys.readouterr().err
+
+
+class FakeClient:
+    """Stands in for kfp.Client: no KFP API server can run here."""
+
+    instances: list[FakeClient] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.runs: list[dict[str, Any]] = []
+        FakeClient.instances.append(self)
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, **kwargs: Any) -> Any:
+        docs = list(yaml.safe_load_all(Path(pipeline_file).read_text()))
+        self.runs.append({"package": docs, **kwargs})
+        return type("Run", (), {"run_id": "run-123"})()
+
+
+def test_submit_compiles_for_the_cluster_and_prints_the_run_url(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import kfp
+
+    FakeClient.instances = []
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    monkeypatch.setenv("KFP_TOKEN", "PLANTEDSECRETtoken77")
+    code = cli.main(["submit", "--host", "https://kfp.example.com/pipeline/", "--namespace", "team-a",
+                     "--experiment", "nightly", "--run-name", "r1", "--params", str(REPO / "params.yaml"),
+                     "--set", "train_teacher.epochs=2", "--data-uri", "s3://data/cuhk", "--min-max-f", "0.6",
+                     "--no-cache"])
+    assert code == 0
+    [client] = FakeClient.instances
+    assert client.kwargs == {"host": "https://kfp.example.com/pipeline/",
+                             "existing_token": "PLANTEDSECRETtoken77", "namespace": "team-a"}
+    [run] = client.runs
+    assert run["experiment_name"] == "nightly" and run["run_name"] == "r1" and run["namespace"] == "team-a"
+    assert run["enable_caching"] is False
+    assert run["arguments"]["overrides"] == ["train_teacher.epochs=2"]
+    assert run["arguments"]["data_uri"] == "s3://data/cuhk"
+    assert run["arguments"]["min_student_max_f"] == 0.6
+    assert "max_student_mae" not in run["arguments"]  # unset flags keep the pipeline defaults
+    assert len(run["package"]) == 2  # compiled with the Kubernetes platform settings
+    out = capsys.readouterr().out
+    assert "https://kfp.example.com/pipeline/#/runs/details/run-123" in out
+    assert "PLANTEDSECRET" not in out + str(run["package"]) + str(run["arguments"])
+
+
+def test_submit_needs_a_host(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert cli.main(["submit", "--params", str(REPO / "params.yaml")]) == 1
+    assert "no KFP endpoint" in capsys.readouterr().err
+
+
+def test_submit_to_an_unreachable_host_fails_clearly(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The real kfp.Client against a closed local port: a clear error, and the token is not in it."""
+    from kfp_fixtures import free_port
+
+    monkeypatch.setenv("KFP_TOKEN", "PLANTEDSECRETtoken55")
+    host = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["submit", "--host", host, "--params", str(REPO / "params.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert f"cannot submit to KFP at {host}" in captured.err
+    assert "PLANTEDSECRET" not in captured.out + captured.err
+
+
+def test_library_never_imports_kfp() -> None:
+    code = ("import sys, dbdgan.steps, dbdgan.storage, dbdgan.cli, components._runtime\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'dvc'))\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
