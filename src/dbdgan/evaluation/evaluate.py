@@ -1,0 +1,235 @@
+"""Score one or more models on one split of a prepared dataset and write what `dvc metrics/plots` shows.
+
+Reads ``data_dir/manifest.csv`` and the image/mask files itself (a few lines of PIL) so evaluation needs
+nothing from the training data pipeline. Per image: the RGB input is optionally resized to ``input_size``
+(bilinear, antialiased), the model's logits go through a sigmoid, and the probability map is resized back
+(bilinear) to the ground truth's native size; the metrics (``metrics.DBDMetrics``) compare at that size.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from dbdgan.evaluation.efficiency import eval_mode, model_device
+from dbdgan.evaluation.metrics import INFOCUS_PREFIX, DBDMetrics
+from dbdgan.evaluation.plots import GridRow, plot_curves, save_grid, thumbnail, write_curve_csvs
+from dbdgan.io_utils import atomic_write_json
+
+MANIFEST_COLUMNS = ("id", "split", "image", "mask")
+CURVE_KEYS = ("thresholds", "precision", "recall", "f")
+GRID_CELL = 160
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+InputSize = int | tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Path
+
+
+def read_split(data_dir: Path, split: str) -> list[Sample]:
+    """Rows of ``manifest.csv`` in ``split``, sorted by id (a stable order for the grid and reports)."""
+    manifest = Path(data_dir) / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no manifest; prepare the dataset first")
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{manifest}: missing column(s) {missing}; has {reader.fieldnames}")
+        rows = list(reader)
+    samples = [
+        Sample(r["id"], Path(data_dir) / r["image"], Path(data_dir) / r["mask"])
+        for r in rows
+        if r["split"] == split
+    ]
+    if not samples:
+        splits = sorted({r["split"] for r in rows})
+        raise ValueError(f"{manifest}: no rows with split={split!r}; splits present: {splits}")
+    return sorted(samples, key=lambda s: s.id)
+
+
+def load_image(path: Path) -> Tensor:
+    """RGB image as float32 [3, H, W] in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read image ({error})") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_mask(path: Path) -> Tensor:
+    """Mask as float32 [1, H, W] in {0, 1}: grey value >= 128 -> 1 (blurred)."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read mask ({error})") from error
+    return torch.from_numpy(array >= 128).float()[None]
+
+
+def _size_tuple(input_size: InputSize) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"input_size must be None, an int or (height, width) >= 1, got {input_size!r}")
+    return size
+
+
+def predict_map(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    input_size: InputSize = None,
+    flip_tta: bool = False,
+    name: str = "model",
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Blur probability [1, H, W] on CPU at the image's native size for image [3, H, W].
+
+    The model should be in eval mode; it runs on ``device`` (default: where its weights are). With
+    ``flip_tta`` the probabilities of the image and of its mirror image (flipped back) are averaged.
+    """
+    height, width = image.shape[-2:]
+    x = image[None].to(model_device(model) if device is None else device)
+    size = _size_tuple(input_size)
+    if size is not None and size != (height, width):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    views = [(x, False), (x.flip(-1), True)] if flip_tta else [(x, False)]
+    probs = []
+    for view, flipped in views:
+        logits = model(view)
+        if logits.shape != (1, 1, *view.shape[-2:]):
+            raise ValueError(
+                f"model {name!r}: output shape {tuple(logits.shape)}, expected {(1, 1, *view.shape[-2:])}"
+            )
+        prob = torch.sigmoid(logits.float())
+        probs.append(prob.flip(-1) if flipped else prob)
+    prob = torch.stack(probs).mean(0)
+    if prob.shape[-2:] != (height, width):
+        prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return prob[0].clamp_(0.0, 1.0).cpu()
+
+
+def grid_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over 0..n-1 (all of them when k >= n): a fixed, data-independent sample set."""
+    if k <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
+
+
+def _summary(values: Mapping[str, Tensor]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    for key, value in values.items():
+        if value.dim() != 0 or key == INFOCUS_PREFIX + "n_images":
+            continue
+        out[key] = int(value) if key.endswith(("n_images", "n_empty_gt")) else float(value)
+    return out
+
+
+def evaluate_models(
+    models: Mapping[str, nn.Module],
+    data_dir: Path,
+    split: str,
+    out_dir: Path,
+    *,
+    beta2: float = 0.3,
+    adaptive_factor: float = 1.5,
+    thresholds: int = 256,
+    grid_samples: int = 6,
+    device: str | torch.device = "cpu",
+    flip_tta: bool = False,
+    input_size: InputSize = None,
+) -> dict[str, dict]:
+    """Score every model on ``split`` of the prepared dataset in ``data_dir``; write and return the metrics.
+
+    Writes (atomically): ``out_dir/<name>.json`` (scalar metrics, blurred positive, plus ``infocus_*`` for
+    in-focus positive, ``n_images``, ``n_empty_gt`` and the settings used), ``out_dir/plots/pr_<name>.csv``,
+    ``out_dir/plots/f_<name>.csv``, ``out_dir/plots/curves.png`` (all models) and ``out_dir/plots/grid.png``
+    (image, ground truth, each model's map for ``grid_samples`` fixed samples). Models are moved to
+    ``device`` and run in eval mode (their previous mode is restored). Returns {name: the JSON's content}.
+    """
+    if not models:
+        raise ValueError("evaluate_models needs at least one model")
+    bad = [name for name in models if not _SAFE_NAME.match(name)]
+    if bad:
+        raise ValueError(f"model names must match {_SAFE_NAME.pattern} (they become file names), got {bad}")
+    samples = read_split(Path(data_dir), split)
+    out_dir, plots_dir = Path(out_dir), Path(out_dir) / "plots"
+    meters = {
+        name: DBDMetrics(thresholds=thresholds, beta2=beta2, adaptive_factor=adaptive_factor)
+        for name in models
+    }
+    grid_rows: list[GridRow] = []
+    chosen = set(grid_indices(len(samples), grid_samples))
+    for model in models.values():
+        model.to(device)
+    with torch.inference_mode(), ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(eval_mode(model))
+        for index, sample in enumerate(samples):
+            image, mask = load_image(sample.image), load_mask(sample.mask)
+            if image.shape[-2:] != mask.shape[-2:]:
+                raise ValueError(
+                    f"{sample.image} is {tuple(image.shape[-2:])} but its mask {sample.mask} is "
+                    f"{tuple(mask.shape[-2:])} (height, width)"
+                )
+            maps = {}
+            for name, model in models.items():
+                maps[name] = predict_map(
+                    model, image, input_size=input_size, flip_tta=flip_tta, name=name, device=device
+                )
+                meters[name].update([maps[name]], [mask])
+            if index in chosen:
+                grid_rows.append(
+                    GridRow(
+                        sample.id,
+                        thumbnail((image.permute(1, 2, 0) * 255 + 0.5).byte().numpy(), GRID_CELL),
+                        thumbnail(mask[0].numpy(), GRID_CELL),
+                        {name: thumbnail(m[0].numpy(), GRID_CELL) for name, m in maps.items()},
+                    )
+                )
+
+    settings = {
+        "split": split,
+        "beta2": beta2,
+        "adaptive_factor": adaptive_factor,
+        "thresholds": thresholds,
+        "flip_tta": flip_tta,
+        "input_size": list(_size_tuple(input_size)) if input_size is not None else "native",
+    }
+    results: dict[str, dict] = {}
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for name, meter in meters.items():
+        values = meter.compute()
+        results[name] = {**_summary(values), "settings": settings}
+        curves[name] = {
+            prefix + key: values[prefix + key].numpy()
+            for prefix in ("", INFOCUS_PREFIX)
+            for key in CURVE_KEYS
+        }
+        atomic_write_json(out_dir / f"{name}.json", results[name])
+        write_curve_csvs(curves[name], plots_dir, name)
+    plot_curves(
+        curves, plots_dir / "curves.png", title=f"{split} split, {len(samples)} images, blurred = positive"
+    )
+    save_grid(grid_rows, list(models), plots_dir / "grid.png", cell=GRID_CELL)
+    return results
