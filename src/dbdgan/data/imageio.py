@@ -1,0 +1,156 @@
+"""Safe image and mask loading: every failure is an ImageError that names the file and the reason.
+
+Pixel data are taken as stored: EXIF orientation is ignored on purpose, because dataset masks are
+annotated on the stored pixel grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+POLARITIES = ("blurred-white", "sharp-white")
+# Greyscale/16-bit/float modes whose values must be rescaled rather than clipped by PIL's convert("RGB").
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ImageError(ValueError):
+    """An image or mask file that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def open_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Open and fully decode `path`, refusing decompression bombs and truncated or unreadable files.
+
+    The size check runs on the header, before any pixel is decoded, so a bomb costs nothing.
+    PIL's own global limit (Image.MAX_IMAGE_PIXELS) is left untouched; if it fires first it is reported
+    the same way. `draft_size` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT domain, so
+    properly low-passed) while staying at least that large: much faster when the caller downsizes anyway.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "file not found")
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"decompression bomb refused by PIL's pixel limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(path, "not a readable image (unknown or corrupt format)") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot open image ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            path,
+            f"decompression bomb guard: {width}x{height} = {width * height} pixels > max_pixels={max_pixels}",
+        )
+    if width < 1 or height < 1:
+        image.close()
+        raise ImageError(path, f"empty image ({width}x{height})")
+    if draft_size is not None and image.format == "JPEG":
+        image.draft("RGB", draft_size)
+    try:
+        image.load()
+    except OSError as exc:  # PIL reports truncated/corrupt data as OSError ("image file is truncated ...")
+        image.close()
+        raise ImageError(path, f"truncated or corrupt image data ({exc})") from exc
+    return image
+
+
+def image_to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to uint8 RGB; 16-bit/float data are rescaled, not clipped; alpha is dropped."""
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            scale = 1.0 if values.size and values.max() <= 1.0 else 255.0
+        elif image.mode.startswith("I;16"):
+            scale = 65535.0
+        else:  # 32-bit "I": 8-bit or 16-bit data stored wide; judge by range
+            scale = 255.0 if values.size and values.max() <= 255 else 65535.0
+        grey = np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "RGB":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Load any supported image as uint8 [H, W, 3]; greyscale is replicated, 16-bit is rescaled."""
+    with open_image(path, max_pixels) as image:
+        return np.ascontiguousarray(image_to_rgb(image))
+
+
+def _mask_values(path: Path, image: Image.Image) -> tuple[np.ndarray, float, bool]:
+    """Return the label channel of a mask, its full-scale value, and whether RGB channels disagreed."""
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image, dtype=np.uint8), 1, False
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in _WIDE_MODES:
+        values = np.asarray(image)
+        full = 1.0 if mode == "F" else (255 if values.size and values.max() <= 255 else 65535)
+        return values, full, False
+    if mode == "L":
+        return np.asarray(image, dtype=np.uint8), 255, False
+    if mode in ("LA", "RGB", "RGBA"):
+        bands = np.asarray(image, dtype=np.uint8)
+        colour = bands[:, :, :1] if mode == "LA" else bands[:, :, :3]
+        alpha = bands[:, :, -1] if mode in ("LA", "RGBA") else None
+        if alpha is not None and not (alpha == 255).all():
+            if (colour == colour.reshape(-1, colour.shape[2])[0]).all():
+                return alpha, 255, False  # label stored in the alpha channel over a constant colour
+            raise ImageError(path, f"{mode} mask has both varying colour and a non-opaque alpha channel")
+        first = colour[:, :, 0]
+        if colour.shape[2] == 3 and not ((colour[:, :, 1] == first).all() and (colour[:, :, 2] == first).all()):
+            return np.asarray(image.convert("L"), dtype=np.uint8), 255, True
+        return first, 255, False
+    raise ImageError(path, f"unsupported mask mode {mode!r}")
+
+
+def load_mask(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    polarity: str = "blurred-white",
+    *,
+    binarize: bool = False,
+) -> np.ndarray:
+    """Load a label mask as uint8 [H, W] in {0, 1} with 1 = blurred.
+
+    Greyscale, 1-bit, palette, 16-bit and RGB/RGBA masks with identical colour channels are accepted.
+    A mask with values other than {0, full scale} (or 0/1) raises unless `binarize=True`, which thresholds
+    at half scale. `polarity="sharp-white"` is for datasets that paint in-focus pixels white (DUT-DBD).
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
+    path = Path(path)
+    with open_image(path, max_pixels) as image:
+        values, full, channels_differ = _mask_values(path, image)
+    if channels_differ and not binarize:
+        raise ImageError(path, "RGB mask with differing colour channels (pass binarize=True to threshold luminance)")
+    present = np.unique(values)
+    if np.isin(present, (0, full)).all():
+        mask = (values == full).astype(np.uint8)
+    elif np.isin(present, (0, 1)).all():
+        mask = values.astype(np.uint8)
+    elif binarize:
+        mask = (values >= full / 2).astype(np.uint8)
+    else:
+        shown = ", ".join(str(v) for v in present[:8]) + (" ..." if present.size > 8 else "")
+        raise ImageError(path, f"mask is not binary: values {shown} (pass binarize=True to threshold at half scale)")
+    if polarity == "sharp-white":
+        mask = 1 - mask
+    return np.ascontiguousarray(mask)

@@ -1,0 +1,191 @@
+"""Find image/mask pairs in the folder layouts of the public DBD datasets and of users' own data.
+
+Each reader returns `SamplePair`s plus the mask polarity of the source; prepare.py normalises every mask
+to the project's convention (1 = blurred).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
+LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg")
+IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "source", "src", "input", "inputs")
+MASK_DIR_NAMES = ("masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "labels", "label")
+MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask", "_label")
+_SEARCH_DEPTH = 3
+
+
+class LayoutError(ValueError):
+    """The input folder does not have the expected layout; the message names the folder or files."""
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    id: str
+    image: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a dataset stores its labels: default polarity (None = must be given) and mask strictness."""
+
+    name: str
+    polarity: str | None
+    binarize: bool  # threshold non-binary masks at half scale instead of refusing them
+    description: str
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "cuhk": SourceSpec("cuhk", "blurred-white", False, "images/*.jpg + masks/*.png, 255 = blurred"),
+    "dut": SourceSpec(
+        "dut", "sharp-white", True, "DUT-DBD: source|images + gt|masks (any depth), in-focus white"
+    ),
+    "szu": SourceSpec(
+        "szu", "sharp-white", True, "SZU-BD: source|images + gt|masks (any depth), in-focus white"
+    ),
+    "folder": SourceSpec("folder", None, False, "images/ + masks/ with an explicit polarity"),
+}
+
+
+def _files(folder: Path, extensions: Iterable[str]) -> list[Path]:
+    allowed = {e.lower() for e in extensions}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in allowed)
+
+
+def _match_key(stem: str) -> str:
+    key = stem.lower()
+    for suffix in MASK_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def _listing(paths: list[Path], limit: int = 10) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+def pair_folder(image_dir: Path, mask_dir: Path, id_prefix: str = "") -> list[SamplePair]:
+    """Pair every image with the mask of the same stem; any unmatched file is an error that names it."""
+    images = _files(image_dir, IMAGE_EXTENSIONS)
+    if not images:
+        raise LayoutError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+    masks: dict[str, Path] = {}
+    for mask in _files(mask_dir, MASK_EXTENSIONS):
+        key = _match_key(mask.stem)
+        if key in masks:
+            raise LayoutError(f"two masks for one image in {mask_dir}: {masks[key].name} and {mask.name}")
+        masks[key] = mask
+    pairs, missing, seen = [], [], set()
+    for image in images:
+        key = image.stem.lower()
+        if key in seen:
+            raise LayoutError(f"two images with the stem {image.stem!r} in {image_dir}")
+        seen.add(key)
+        mask = masks.get(key)
+        if mask is None:
+            missing.append(image)
+        else:
+            pairs.append(SamplePair(id_prefix + sanitize_id(image.stem), image, mask))
+    if missing:
+        raise LayoutError(
+            f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_listing(missing)}"
+        )
+    orphans = sorted(set(masks) - seen)
+    if orphans:
+        raise LayoutError(
+            f"{len(orphans)} mask(s) in {mask_dir} have no image in {image_dir}: "
+            f"{_listing([masks[k] for k in orphans])}"
+        )
+    return pairs
+
+
+def sanitize_id(text: str) -> str:
+    """A file-name-safe sample id (letters, digits, '-', '_', '.')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return cleaned or "sample"
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise LayoutError(f"{what} folder {path} does not exist")
+    return path
+
+
+def _named_child(folder: Path, names: Iterable[str]) -> Path | None:
+    children = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    for name in names:
+        if name in children:
+            return children[name]
+    return None
+
+
+def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
+    """(image_dir, mask_dir) siblings directly inside `folder`: by name (images+masks, source+gt, ...)
+    or by shared prefix (dut500-source + dut500-gt)."""
+    image_dir = _named_child(folder, IMAGE_DIR_NAMES)
+    mask_dir = _named_child(folder, MASK_DIR_NAMES)
+    if image_dir is not None and mask_dir is not None:
+        return [(image_dir, mask_dir)]
+    children = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    found = []
+    for name, child in sorted(children.items()):
+        for image_token in IMAGE_DIR_NAMES:
+            if name.endswith(image_token) and len(name) > len(image_token):
+                prefix = name[: -len(image_token)]
+                partner = next((children[prefix + t] for t in MASK_DIR_NAMES if prefix + t in children), None)
+                if partner is not None:
+                    found.append((child, partner))
+                break
+    return found
+
+
+def discover_pairs(root: Path, max_depth: int = _SEARCH_DEPTH) -> list[tuple[Path, Path]]:
+    """All (image_dir, mask_dir) pairs under `root`, breadth-first, not descending below a found pair."""
+    found: list[tuple[Path, Path]] = []
+    level = [root]
+    for _ in range(max_depth + 1):
+        next_level = []
+        for folder in level:
+            pairs = _pairs_in(folder)
+            if pairs:
+                found.extend(pairs)
+            else:
+                next_level.extend(
+                    sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+                )
+        level = next_level
+    return found
+
+
+def read_source(source: str, root: Path) -> list[SamplePair]:
+    """Image/mask pairs of a dataset folder in the layout of `source` (cuhk, dut, szu, folder)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {sorted(SOURCES)} or 'synthetic'")
+    root = _require_dir(Path(root), f"{source} input")
+    if source in ("cuhk", "folder"):
+        return pair_folder(_require_dir(root / "images", source), _require_dir(root / "masks", source))
+    dirs = discover_pairs(root)
+    if not dirs:
+        raise LayoutError(
+            f"no image/mask folders found under {root} (looked {_SEARCH_DEPTH} levels deep for "
+            f"{'|'.join(IMAGE_DIR_NAMES)} beside {'|'.join(MASK_DIR_NAMES)}, or <prefix>source + <prefix>gt)"
+        )
+    pairs: list[SamplePair] = []
+    for image_dir, mask_dir in dirs:
+        prefix = (
+            ""
+            if len(dirs) == 1
+            else sanitize_id(str(image_dir.parent.relative_to(root) / image_dir.name)) + "_"
+        )
+        pairs.extend(pair_folder(image_dir, mask_dir, prefix))
+    ids = [p.id for p in pairs]
+    if len(set(ids)) != len(ids):
+        raise LayoutError(f"sample ids collide under {root}; rename files so that stems are unique")
+    return pairs
