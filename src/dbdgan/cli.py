@@ -79,7 +79,7 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
     registered = Path(params.register.out)
     lines = ["Results of the default pipeline:",
              f"  metrics:      {metrics_dir}/teacher.json, {metrics_dir}/student.json  (dvc metrics show)",
-             f"  plots:        {metrics_dir}/curves.png, {metrics_dir}/grid.png  (dvc plots show)",
+             f"  plots:        {metrics_dir}/plots/curves.png, {metrics_dir}/plots/grid.png  (dvc plots show)",
              f"  models:       {params.train_teacher.out}, {params.distill_student.out}"]
     if registered.is_file():
         for role, entry in json.loads(registered.read_text()).items():

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -16,18 +16,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SyntheticParams(_Section):
-    num_images: int = Field(240, ge=3)
-    size: int = Field(96, ge=16, le=4096)
-    coc_threshold: float = Field(1.0, ge=0.0)
-    max_radius: float = Field(6.0, gt=0.0)
-    noise_std: float = Field(0.01, ge=0.0, le=0.5)
-    jpeg_quality: tuple[int, int] = (75, 95)
-    all_sharp_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    all_blurred_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    texture_dir: str | None = None
 
 
 class SplitParams(_Section):
@@ -50,9 +38,18 @@ class DataParams(_Section):
     prepared_dir: str = "data/prepared"
     report_dir: str = "reports/validation"
     split: SplitParams = SplitParams()
-    synthetic: SyntheticParams = SyntheticParams()
+    synthetic: dict[str, Any] = {}
     max_pixels: int = Field(40_000_000, gt=0)
     min_size: int = Field(32, ge=1)
+
+    @field_validator("synthetic")
+    @classmethod
+    def _synthetic_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The generator's own dataclass is the schema of this section (one schema, not two copies)."""
+        from dbdgan.data.synthetic import SyntheticOptions
+
+        SyntheticOptions.from_any(value)
+        return value
 
     @model_validator(mode="after")
     def _real_source_needs_input(self) -> DataParams:

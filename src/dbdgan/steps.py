@@ -20,7 +20,7 @@ def prepare(params: Params, out_dir: str | Path | None = None) -> Path:
     return prepare_dataset(
         data.source, Path(out_dir or data.prepared_dir),
         input_dir=Path(data.input) if data.input else None, polarity=data.polarity, seed=params.seed,
-        split=data.split.model_dump(), synthetic=data.synthetic.model_dump(), max_pixels=data.max_pixels,
+        split=data.split.model_dump(), synthetic=data.synthetic, max_pixels=data.max_pixels,
     )
 
 

@@ -141,7 +141,7 @@ def validate_dataset(
     The report (Data Docs + validation.json) is written before raising, so a failed run can be inspected.
     """
     start = time.perf_counter()
-    data_dir, report_dir = Path(data_dir), Path(report_dir)
+    data_dir, report_dir = Path(data_dir), Path(report_dir).resolve()  # GX needs an absolute docs folder
     json_path = report_dir / "validation.json"
     try:
         manifest = _read_manifest(data_dir)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from dbdgan.evaluation.efficiency import eval_mode, model_device
+from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, load_mask, load_rgb
+from dbdgan.evaluation.efficiency import eval_mode
 from dbdgan.evaluation.metrics import INFOCUS_PREFIX, DBDMetrics
 from dbdgan.evaluation.plots import GridRow, plot_curves, save_grid, thumbnail, write_curve_csvs
+from dbdgan.inference import InputSize, predict_probability, size_tuple, to_tensor
 from dbdgan.io_utils import atomic_write_json
 
 MANIFEST_COLUMNS = ("id", "split", "image", "mask")
@@ -31,7 +31,6 @@ CURVE_KEYS = ("thresholds", "precision", "recall", "f")
 GRID_CELL = 160
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-InputSize = int | tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -63,68 +62,25 @@ def read_split(data_dir: Path, split: str) -> list[Sample]:
     return sorted(samples, key=lambda s: s.id)
 
 
-def load_image(path: Path) -> Tensor:
-    """RGB image as float32 [3, H, W] in [0, 1]."""
+def load_pair(sample: Sample, max_pixels: int) -> tuple[Tensor, Tensor]:
+    """Image float32 [3, H, W] in [0, 1] and mask float32 [1, H, W] in {0, 1}, through the data readers."""
+    image = to_tensor(load_rgb(sample.image, max_pixels))[0]
+    mask = torch.from_numpy(load_mask(sample.mask, max_pixels, binarize=True)).float()[None]
+    if image.shape[-2:] != mask.shape[-2:]:
+        raise ValueError(f"{sample.image} is {tuple(image.shape[-2:])} but its mask {sample.mask} is "
+                         f"{tuple(mask.shape[-2:])} (height, width)")
+    return image, mask
+
+
+def predict_map(model: nn.Module, image: Tensor, *, input_size: InputSize = None, flip_tta: bool = False,
+                name: str = "model", device: str | torch.device | None = None) -> Tensor:
+    """Blur probability [1, H, W] at the image's native size for image [3, H, W] (model already in eval mode)."""
+    device = device or next((p.device for p in model.parameters()), image.device)
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read image ({error})") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def load_mask(path: Path) -> Tensor:
-    """Mask as float32 [1, H, W] in {0, 1}: grey value >= 128 -> 1 (blurred)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"), dtype=np.uint8)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read mask ({error})") from error
-    return torch.from_numpy(array >= 128).float()[None]
-
-
-def _size_tuple(input_size: InputSize) -> tuple[int, int] | None:
-    if input_size is None:
-        return None
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"input_size must be None, an int or (height, width) >= 1, got {input_size!r}")
-    return size
-
-
-def predict_map(
-    model: nn.Module,
-    image: Tensor,
-    *,
-    input_size: InputSize = None,
-    flip_tta: bool = False,
-    name: str = "model",
-    device: str | torch.device | None = None,
-) -> Tensor:
-    """Blur probability [1, H, W] on CPU at the image's native size for image [3, H, W].
-
-    The model should be in eval mode; it runs on ``device`` (default: where its weights are). With
-    ``flip_tta`` the probabilities of the image and of its mirror image (flipped back) are averaged.
-    """
-    height, width = image.shape[-2:]
-    x = image[None].to(model_device(model) if device is None else device)
-    size = _size_tuple(input_size)
-    if size is not None and size != (height, width):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    views = [(x, False), (x.flip(-1), True)] if flip_tta else [(x, False)]
-    probs = []
-    for view, flipped in views:
-        logits = model(view)
-        if logits.shape != (1, 1, *view.shape[-2:]):
-            raise ValueError(
-                f"model {name!r}: output shape {tuple(logits.shape)}, expected {(1, 1, *view.shape[-2:])}"
-            )
-        prob = torch.sigmoid(logits.float())
-        probs.append(prob.flip(-1) if flipped else prob)
-    prob = torch.stack(probs).mean(0)
-    if prob.shape[-2:] != (height, width):
-        prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return prob[0].clamp_(0.0, 1.0).cpu()
+        prob = predict_probability(model, image[None].to(device), input_size, flip_tta)
+    except ValueError as exc:
+        raise ValueError(f"model {name!r}: {exc}") from exc
+    return prob[0].cpu()
 
 
 def grid_indices(n: int, k: int) -> list[int]:
@@ -157,14 +113,16 @@ def evaluate_models(
     grid_samples: int = 6,
     device: str | torch.device = "cpu",
     flip_tta: bool = False,
-    input_size: InputSize = None,
+    input_size: InputSize | Mapping[str, InputSize] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, dict]:
     """Score every model on ``split`` of the prepared dataset in ``data_dir``; write and return the metrics.
 
     Writes (atomically): ``out_dir/<name>.json`` (scalar metrics, blurred positive, plus ``infocus_*`` for
     in-focus positive, ``n_images``, ``n_empty_gt`` and the settings used), ``out_dir/plots/pr_<name>.csv``,
     ``out_dir/plots/f_<name>.csv``, ``out_dir/plots/curves.png`` (all models) and ``out_dir/plots/grid.png``
-    (image, ground truth, each model's map for ``grid_samples`` fixed samples). Models are moved to
+    (image, ground truth, each model's map for ``grid_samples`` fixed samples). ``input_size`` may be one
+    size for all models or a mapping name -> size (missing names: native). Models are moved to
     ``device`` and run in eval mode (their previous mode is restored). Returns {name: the JSON's content}.
     """
     if not models:
@@ -178,6 +136,7 @@ def evaluate_models(
         name: DBDMetrics(thresholds=thresholds, beta2=beta2, adaptive_factor=adaptive_factor)
         for name in models
     }
+    sizes = {name: (input_size.get(name) if isinstance(input_size, Mapping) else input_size) for name in models}
     grid_rows: list[GridRow] = []
     chosen = set(grid_indices(len(samples), grid_samples))
     for model in models.values():
@@ -186,16 +145,11 @@ def evaluate_models(
         for model in models.values():
             stack.enter_context(eval_mode(model))
         for index, sample in enumerate(samples):
-            image, mask = load_image(sample.image), load_mask(sample.mask)
-            if image.shape[-2:] != mask.shape[-2:]:
-                raise ValueError(
-                    f"{sample.image} is {tuple(image.shape[-2:])} but its mask {sample.mask} is "
-                    f"{tuple(mask.shape[-2:])} (height, width)"
-                )
+            image, mask = load_pair(sample, max_pixels)
             maps = {}
             for name, model in models.items():
                 maps[name] = predict_map(
-                    model, image, input_size=input_size, flip_tta=flip_tta, name=name, device=device
+                    model, image, input_size=sizes[name], flip_tta=flip_tta, name=name, device=device
                 )
                 meters[name].update([maps[name]], [mask])
             if index in chosen:
@@ -209,18 +163,21 @@ def evaluate_models(
                 )
 
     settings = {
-        "split": split,
-        "beta2": beta2,
-        "adaptive_factor": adaptive_factor,
-        "thresholds": thresholds,
-        "flip_tta": flip_tta,
-        "input_size": list(_size_tuple(input_size)) if input_size is not None else "native",
+        name: {
+            "split": split,
+            "beta2": beta2,
+            "adaptive_factor": adaptive_factor,
+            "thresholds": thresholds,
+            "flip_tta": flip_tta,
+            "input_size": list(size_tuple(sizes[name])) if sizes[name] is not None else "native",
+        }
+        for name in models
     }
     results: dict[str, dict] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
     for name, meter in meters.items():
         values = meter.compute()
-        results[name] = {**_summary(values), "settings": settings}
+        results[name] = {**_summary(values), "settings": settings[name]}
         curves[name] = {
             prefix + key: values[prefix + key].numpy()
             for prefix in ("", INFOCUS_PREFIX)

@@ -69,7 +69,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimParams,
     """Per-iteration schedule: cosine to zero, poly decay, or constant."""
     total = max(total_steps, 1)
     if optim.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     if optim.schedule == "poly":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total) / total) ** optim.poly_power)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -103,10 +104,13 @@ def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, beta2: float) -> dict[str, float]:
-    """Validation MAE and max F-beta (blurred positive) at the training resolution."""
+    """Validation MAE and max F-beta (blurred positive) at the training resolution.
+
+    Runs on rank 0 only, so the metrics must not try to gather from the other ranks.
+    """
     was_training = model.training
     model.eval()
-    mae, fbeta = MAE(), FBetaCurve(beta2=beta2)
+    mae, fbeta = MAE(sync_on_compute=False), FBetaCurve(beta2=beta2, sync_on_compute=False)
     for batch in loader:
         prob = torch.sigmoid(model(batch["image"].to(device))).float().cpu()
         mae.update(prob, batch["mask"])
