@@ -156,6 +156,8 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Display names only label the KFP UI.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         pipeline(**_run_arguments(args))
     print(f"pipeline finished; task outputs under {root}")
     return 0

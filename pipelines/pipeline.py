@@ -60,10 +60,11 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         prepare = op.prepare_data(**common, data_uri=data_uri).set_display_name("prepare data")
         validate = op.validate_data(**common, run_id=run_id, reports_uri=reports_uri,
                                     dataset=prepare.outputs["dataset"]).set_display_name("validate data")
-        teacher = op.train_teacher(**common, mlflow_tracking_uri=mlflow_tracking_uri,
+        tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment}
+        teacher = op.train_teacher(**common, **tracking,
                                    dataset=prepare.outputs["dataset"]).set_display_name("train teacher")
         teacher.after(validate)
-        student = op.distill_student(**common, mlflow_tracking_uri=mlflow_tracking_uri,
+        student = op.distill_student(**common, **tracking,
                                      dataset=prepare.outputs["dataset"],
                                      teacher=teacher.outputs["teacher"]).set_display_name("distill student")
         evaluate = op.evaluate_models(**common, run_id=run_id, reports_uri=reports_uri,
@@ -79,8 +80,8 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         with (dsl.If(evaluate.outputs["Output"] >= min_student_max_f, name="student-max-f-gate"),
               dsl.If(mae.output <= max_student_mae, name="student-mae-gate")):
             register = op.register_models(
-                **common, mlflow_tracking_uri=mlflow_tracking_uri, experiment=experiment,
-                teacher_name=teacher_name, student_name=student_name, run_id=run_id, reports_uri=reports_uri,
+                **common, **tracking, teacher_name=teacher_name, student_name=student_name, run_id=run_id,
+                reports_uri=reports_uri,
                 dataset=prepare.outputs["dataset"], teacher=teacher.outputs["teacher"],
                 student=student.outputs["student"], scores=evaluate.outputs["scores"],
             ).set_display_name("register models")

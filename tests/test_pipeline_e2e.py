@@ -42,11 +42,11 @@ def _ran_stages(output: str) -> list[str]:
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     (root / "src").symlink_to(REPO / "src", target_is_directory=True)
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _run(["git", "init", "-q"], root)
-    _run([str(BIN / "dvc"), "init", "-q", "--force"], root)
+    _run([str(BIN / "dvc"), "init", "-q"], root)
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     return root
 
 
