@@ -9,6 +9,7 @@ export is verified with onnxruntime at other sizes before the file is written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import statistics
@@ -160,7 +161,9 @@ def quantize_onnx(path: str | Path, out_path: str | Path) -> Path:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+    path = Path(path).resolve()
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp, contextlib.chdir(tmp):
+        # onnxruntime's quantiser drops scratch files in the working directory: keep them in tmp.
         prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / "quantised.onnx"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(quantised), weight_type=QuantType.QInt8)
