@@ -90,6 +90,21 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
     return None
 
 
+def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
+    import torch
+
+    from dbdgan.checkpoint import load_model_file
+    from dbdgan.evaluation.onnx_export import check_onnx, export_onnx, quantize_onnx
+
+    model = load_model_file(args.model)
+    out = export_onnx(model, args.out, opset=args.opset)
+    sample = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(params.seed))
+    result: dict[str, Any] = {"onnx": str(out), **check_onnx(model, out, sample)}
+    if args.int8:
+        result["onnx_int8"] = str(quantize_onnx(out, Path(out).with_suffix(".int8.onnx")))
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbdgan", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -133,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="metrics folder (default: evaluate.out_dir)")
     p.add_argument("--out", help="summary JSON (default: register.out)")
 
+    p = add("export-onnx", _cmd_export_onnx, "export a model file to ONNX (dynamic H/W), checked against PyTorch")
+    p.add_argument("--model", required=True, help="dbdgan model file (.pt)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--size", type=int, default=320, help="sample size for the PyTorch/onnxruntime comparison")
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
+
+    sub.add_parser("pipeline", help="Kubeflow pipeline: compile | run-local | submit (see `dbdgan pipeline -h`)",
+                   add_help=False)
+
     add("results", _cmd_results, "say where the pipeline's metrics, plots and registered models are")
 
     p = add("model-info", _cmd_model_info, "parameters, FLOPs and CPU latency of a model preset")
@@ -153,6 +178,11 @@ def _prepare_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pipeline"]:
+        from pipelines.cli import main as pipeline_main  # the KFP adapter; the library itself never imports kfp
+
+        return pipeline_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
