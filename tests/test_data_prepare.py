@@ -230,3 +230,10 @@ def test_argument_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown synthetic option"):
         prepare_dataset("synthetic", tmp_path / "x", synthetic={"num_imgs": 3})
     assert not (tmp_path / "x").exists()
+
+
+def test_worker_processes_do_not_change_the_output(tmp_path: Path) -> None:
+    options = {"num_images": 64, "size": 32}  # enough images to use the process pool
+    prepare_dataset("synthetic", tmp_path / "serial", seed=1, synthetic=options, workers=1)
+    prepare_dataset("synthetic", tmp_path / "pool", seed=1, synthetic=options, workers=2)
+    assert (tmp_path / "serial/manifest.csv").read_bytes() == (tmp_path / "pool/manifest.csv").read_bytes()
