@@ -10,6 +10,19 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 
 .PHONY: install install-test run test lint train-real clean
 
+# The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
+# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1]`. Outputs go under runs/real/, models to the MLflow registry.
+DATA ?= ../shared/data/cuhk-dbd
+LAYOUT ?= cuhk
+POLARITY ?=
+PROFILE ?= profiles/cuhk-cpu.yaml
+PRETRAIN ?= 0
+REAL_ARGS = --params params.yaml --params $(PROFILE) --set data.source=$(LAYOUT) --set data.input=$(abspath $(DATA)) \
+	$(if $(POLARITY),--set data.polarity=$(POLARITY)) \
+	$(if $(filter 1,$(PRETRAIN)),--set train_teacher.init_from=runs/pretrain/models/teacher.pt \
+	--set distill_student.init_from=runs/pretrain/models/student.pt)
+PRETRAIN_ARGS = --params params.yaml --params profiles/synthetic-pretrain.yaml
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -31,8 +44,23 @@ run: install
 	$(BIN)/dvc repro
 	@$(BIN)/dbdgan results
 
+train-real: install
+	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder"; exit 2; }
+ifeq ($(PRETRAIN),1)
+	$(BIN)/dbdgan prepare $(PRETRAIN_ARGS)
+	$(BIN)/dbdgan train-teacher $(PRETRAIN_ARGS)
+	$(BIN)/dbdgan distill-student $(PRETRAIN_ARGS)
+endif
+	$(BIN)/dbdgan prepare $(REAL_ARGS)
+	$(BIN)/dbdgan validate $(REAL_ARGS)
+	$(BIN)/dbdgan train-teacher $(REAL_ARGS)
+	$(BIN)/dbdgan distill-student $(REAL_ARGS)
+	$(BIN)/dbdgan evaluate $(REAL_ARGS)
+	$(BIN)/dbdgan register $(REAL_ARGS)
+	@$(BIN)/dbdgan results $(REAL_ARGS)
+
 test: install-test
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -9,7 +9,7 @@ def test_every_pipeline_step_has_a_subcommand():
     parser = build_parser()
     for command in ["prepare", "validate", "train-teacher", "distill-student", "evaluate", "register"]:
         args = parser.parse_args([command, "--params", "p.yaml", "--set", "a.b=1", "--set", "c=2"])
-        assert args.params == "p.yaml"
+        assert args.params == ["p.yaml"]
         assert args.overrides == ["a.b=1", "c=2"]
 
 

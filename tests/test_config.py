@@ -61,3 +61,21 @@ def test_missing_keys_take_defaults(tmp_path):
     params = load_params(path)
     assert params.seed == 7
     assert params.model.teacher == "teacher_tiny"
+
+
+def test_profile_overlays_merge_key_by_key(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("train_teacher:\n  epochs: 3\n  optim: {lr: 0.01}\nmodel:\n  teacher_kwargs: {width: 8}\n")
+    params = load_params([REPO / "params.yaml", profile])
+    base = load_params(REPO / "params.yaml")
+    assert params.train_teacher.epochs == 3
+    assert params.train_teacher.optim.lr == pytest.approx(0.01)
+    assert params.train_teacher.optim.lr_d == base.train_teacher.optim.lr_d
+    assert params.train_teacher.batch_size == base.train_teacher.batch_size
+    assert params.model.teacher_kwargs == {"width": 8}
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_profiles_are_valid(profile):
+    params = load_params([REPO / "params.yaml", profile], ["data.input=/some/folder"])
+    assert params.model.teacher and params.model.student

@@ -49,6 +49,17 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> nn.
     return model.to(device).eval()
 
 
+def init_weights_from(model: nn.Module, arch: str, path: str | Path) -> None:
+    """Start training from another run's weights (e.g. synthetic pre-training); the architecture must match."""
+    payload = read_model_file(path)
+    if payload["arch"] != arch:
+        raise ValueError(f"init_from {path} holds a {payload['arch']!r} model, but this run trains {arch!r}")
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit {arch}: {exc}") from exc
+
+
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_torch_save(state, path)
 

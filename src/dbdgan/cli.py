@@ -17,7 +17,8 @@ Handler = Callable[[Params, argparse.Namespace], Any]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", action="append", default=None, metavar="FILE",
+                        help="params file (default: params.yaml); repeat to overlay a profile on it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param by dotted key, e.g. --set train_teacher.epochs=2 (repeatable)")
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        params = load_params(args.params, _prepare_overrides(args))
+        params = load_params(args.params or ["params.yaml"], _prepare_overrides(args))
         result = args.handler(params, args)
     except ConfigError as exc:
         print(f"dbdgan {args.command}: {exc}", file=sys.stderr)

@@ -89,6 +89,7 @@ class TrainTeacherParams(_Section):
     adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
     w_content: float = Field(1.0, ge=0.0)
     w_adv: float = Field(0.01, ge=0.0)
+    init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
     checkpoint_dir: str = "checkpoints/teacher"
     out: str = "models/teacher.pt"
     amp: bool = True
@@ -109,6 +110,7 @@ class DistillParams(_Section):
     w_feature: float = Field(0.1, ge=0.0)
     w_adv: float = Field(0.01, ge=0.0)
     w_distill: float = Field(0.01, ge=0.0)
+    init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
     checkpoint_dir: str = "checkpoints/student"
     out: str = "models/student.pt"
     amp: bool = True
@@ -196,9 +198,21 @@ def params_from_dict(tree: dict[str, Any], overrides: list[str] | None = None, s
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (missing keys take defaults), apply `--set` overrides, validate."""
-    path = Path(path)
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in _OPAQUE_MAPPINGS:
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Mappings that a profile replaces whole rather than merges key by key.
+_OPAQUE_MAPPINGS = frozenset({"teacher_kwargs", "student_kwargs"})
+
+
+def _read_tree(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
@@ -207,4 +221,17 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"params file {path} must hold a mapping at the top level")
-    return params_from_dict(tree, overrides, source=str(path))
+    return tree
+
+
+def load_params(path: str | Path | list[str | Path] = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing keys take defaults), apply `--set` overrides, validate.
+
+    Several files merge in order (later ones win key by key), so a profile such as profiles/cuhk-cpu.yaml only
+    holds what differs from params.yaml.
+    """
+    paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
+    tree: dict[str, Any] = {}
+    for one in paths:
+        tree = _deep_merge(tree, _read_tree(one))
+    return params_from_dict(tree, overrides, source=" + ".join(str(p) for p in paths))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dbdgan.checkpoint import load_model_file
+from dbdgan.checkpoint import init_weights_from, load_model_file
 from dbdgan.config import Params
 from dbdgan.losses import FeatureConstraint, consistency_loss, content_loss
 from dbdgan.models import create_model
@@ -66,6 +66,8 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
         teacher.requires_grad_(False)
         arch_kwargs = dict(params.model.student_kwargs)
         student = create_model(params.model.student, **arch_kwargs)
+        if cfg.init_from:
+            init_weights_from(student, params.model.student, cfg.init_from)
         strides = _feature_strides(cfg.feature_strides, student, teacher, cfg.w_feature)
         distill = DistillStudent(student, teacher.feature_channels, strides)
         d2, d3 = build_discriminator(params), build_discriminator(params)
@@ -122,7 +124,7 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_dir", "out"}),
                                         file_sha256(data_dir / "manifest.csv"), file_sha256(teacher_path),
-                                        runtime.world_size),
+                                        runtime.world_size, file_sha256(cfg.init_from) if cfg.init_from else None),
             extra_metadata={"teacher_sha256": file_sha256(teacher_path)},
         )
         return fit(job)

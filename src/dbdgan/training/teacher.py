@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dbdgan.checkpoint import init_weights_from
 from dbdgan.config import Params
 from dbdgan.losses import content_loss, discriminator_loss, generator_adversarial_loss
 from dbdgan.models import create_discriminator, create_model
@@ -86,6 +87,8 @@ def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: 
         seed_everything(params.seed, params.deterministic)
         arch_kwargs = dict(params.model.teacher_kwargs)
         teacher = create_model(params.model.teacher, **arch_kwargs)
+        if cfg.init_from:
+            init_weights_from(teacher, params.model.teacher, cfg.init_from)
         disc = build_discriminator(params)
         teacher_ddp, disc_ddp = _wrap(teacher, runtime), _wrap(disc, runtime)
         train_loader = make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
@@ -123,7 +126,8 @@ def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: 
             checkpoint_dir=Path(checkpoint_dir or cfg.checkpoint_dir), out_path=Path(out_path or cfg.out),
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_dir", "out"}),
-                                        file_sha256(data_dir / "manifest.csv"), runtime.world_size),
+                                        file_sha256(data_dir / "manifest.csv"), runtime.world_size,
+                                        file_sha256(cfg.init_from) if cfg.init_from else None),
         )
         return fit(job)
     finally:
