@@ -158,11 +158,12 @@ def register_models(params: Params, models: dict[str, Path], metrics_dir: Path,
     common_tags = {MANIFEST_TAG: _sha256(manifest), "git_commit": _git_commit(),
                    "params_hash": params_hash(params), "teacher_preset": params.model.teacher,
                    "student_preset": params.model.student}
+    # read every input first, so a missing metrics file cannot leave half of the models registered
+    inputs = {name: (read_model_file(path), *_read_evaluation(metrics_dir, roles[name], params))
+              for name, path in models.items()}
     result: dict[str, Any] = {}
-    for name, model_path in models.items():
-        role = roles[name]
-        payload = read_model_file(model_path)
-        metrics, protocol = _read_evaluation(metrics_dir, role, params)
+    for name, (payload, metrics, protocol) in inputs.items():
+        role, model_path = roles[name], models[name]
         trained_in = payload["metadata"].get("mlflow_run_id") or None
         run_id = _training_run(client, trained_in)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register_{role}") as run:

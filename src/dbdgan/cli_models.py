@@ -1,0 +1,96 @@
+"""`dbdgan predict` and `dbdgan promote`: the commands people use on registered models.
+
+`add_commands(add)` plugs them into the main parser; `add(name, handler, help)` is cli.py's helper, and a
+handler takes (params, args) and returns a JSON-able result (or raises, which makes the exit code non-zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dbdgan.config import Params
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def _input_size(text: str) -> int | str | None:
+    if text == "native":
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-size: integer, 'native' or 'auto', not {text!r}") from None
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"--input-size must be >= 16, got {value}")
+    return value
+
+
+def _use_store(params: Params) -> str:
+    import mlflow
+
+    from dbdgan.tracking import tracking_uri
+
+    uri = tracking_uri(params.register)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
+    """Run; print the summary; raise PredictionFailed (exit 1) when any input failed."""
+    from dbdgan.predict import PredictionFailed, is_model_uri, predict_paths
+
+    model = args.model or f"models:/{params.register.student_name}@champion"
+    input_size = args.input_size
+    if input_size == "auto" and not is_model_uri(model):
+        input_size = params.evaluate.input_size  # a bare file carries no size: use the evaluated one
+    if is_model_uri(model):
+        _use_store(params)
+    summary = predict_paths(args.paths, model, args.out, batch_size=args.batch_size,
+                            max_pixels=args.max_pixels or params.data.max_pixels, input_size=input_size,
+                            progress=not args.no_progress)
+    if summary["failed"]:
+        print(json.dumps(summary, indent=2, default=str))
+        sys.stdout.flush()
+        raise PredictionFailed(summary)
+    return summary
+
+
+def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
+    from dbdgan.promotion import gate_params, promote, rollback
+
+    _use_store(params)
+    name = args.model or params.register.student_name
+    if args.rollback:
+        return rollback(name, reason=args.reason or "rollback", user=args.user)
+    if args.version is None:
+        raise ValueError("promote needs --version N (or --rollback)")
+    return promote(name, args.version, reason=args.reason or "", user=args.user,
+                   gate=gate_params(params.register))
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add("predict", cmd_predict, "blur maps (and overlays) for photos, files or folders, with a model")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local .pt file "
+                                   "(default: models:/<register.student_name>@champion)")
+    p.add_argument("-o", "--out", required=True, help="output folder (<stem>_blur.png, <stem>_overlay.png)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-pixels", type=int, help="skip larger images (default: data.max_pixels)")
+    p.add_argument("--input-size", type=_input_size, default="auto",
+                   help="network input size: an integer, 'native', or 'auto' (default: the size stored "
+                        "with a registered model, evaluate.input_size for a local file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add("promote", cmd_promote, "make a registered version champion by hand, or roll back")
+    p.add_argument("--model", help="registered model name (default: register.student_name)")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--version", type=int, help="version to promote")
+    action.add_argument("--rollback", action="store_true", help="restore the previous champion")
+    p.add_argument("--reason", help="why (required with --version; recorded on the version)")
+    p.add_argument("--user", help="who decides (default: $DBDGAN_USER or the login name)")

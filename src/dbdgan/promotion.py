@@ -1,0 +1,394 @@
+"""Promotion in the MLflow registry: the automatic gate, promotion by hand, rollback, and their records.
+
+Aliases: `challenger` (newest registration), `champion` (the version to serve), `previous-champion` (where a
+rollback goes). The registered model's `champion_history` tag lists champions in order, so repeated
+rollbacks walk back through them. Every decision is written on the version it concerns: a `decision` tag
+(the latest, JSON) and a `decision.<UTC time>` tag per decision (never overwritten), each saying who, when,
+why and which metrics were compared.
+
+Decisions on one registered model are serialised by a mutex held in the registry itself (a transient
+registered model `<name>.promotion-lock`, whose creation is atomic in every MLflow backend), so two
+registrations racing each compare against the champion the other left, and `champion` ends on one version.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+HISTORY_TAG = "champion_history"
+DECISION_TAG = "decision"
+METRIC_PREFIX = "metric."
+MANIFEST_TAG = "dataset_manifest_sha256"
+PROTOCOL_TAG = "eval_protocol"
+MAX_F, MAE = "max_f", "mae"
+PARAMS, LATENCY = "efficiency.params", "efficiency.latency_ms_b1"
+COMPARED = (MAX_F, MAE, PARAMS, LATENCY)
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_TIMEOUT_S = 120.0
+LOCK_STALE_S = 600.0
+_HISTORY_MAX = 200
+_ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
+
+
+class GateParams(BaseModel):
+    """The promotion gate (params.yaml `register.gate`). Latency is batch-1 CPU latency at
+    evaluate.efficiency_size, as the evaluate step measured it; None switches a budget off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_promote: bool = True
+    max_f_margin: float = Field(0.01, ge=0.0, le=1.0)
+    mae_margin: float = Field(0.005, ge=0.0, le=1.0)
+    max_params: int | None = Field(25_000_000, gt=0)
+    max_latency_ms: float | None = Field(2000.0, gt=0.0)
+    min_max_f: float = Field(0.5, ge=0.0, le=1.0)
+    max_mae: float = Field(0.35, ge=0.0, le=1.0)
+
+
+def gate_params(register: Any) -> GateParams:
+    """`register.gate` when the schema has it (a model or a mapping), the defaults otherwise."""
+    raw = getattr(register, "gate", None)
+    if raw is None:
+        return GateParams()
+    if isinstance(raw, GateParams):
+        return raw
+    data = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw)
+    try:
+        return GateParams.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid register.gate params: {exc}") from None
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    mode: str  # "compare" against a champion, or "floors" when there is none
+    checks: list[Check]
+
+    @property
+    def failures(self) -> list[str]:
+        return [c.detail for c in self.checks if not c.passed]
+
+
+def tag_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """The compared metrics from a version's `metric.*` tags; absent or unparsable ones are left out."""
+    metrics = {}
+    for key in COMPARED:
+        try:
+            metrics[key] = float(tags[METRIC_PREFIX + key])
+        except (KeyError, ValueError):
+            continue
+    return metrics
+
+
+def _budget_checks(metrics: dict[str, float], gate: GateParams) -> list[Check]:
+    checks = []
+    for key, limit, unit in ((PARAMS, gate.max_params, " parameters"), (LATENCY, gate.max_latency_ms, " ms")):
+        if limit is None:
+            continue
+        if key not in metrics:
+            checks.append(Check(key, False, f"{key} is not recorded: budget {limit:g}{unit} unmet"))
+        else:
+            ok = metrics[key] <= limit
+            sign = "<=" if ok else ">"
+            checks.append(Check(key, ok, f"{key} {metrics[key]:g}{unit} {sign} budget {limit:g}"))
+    return checks
+
+
+def evaluate_gate(challenger_tags: dict[str, str], champion_tags: dict[str, str] | None,
+                  gate: GateParams) -> GateResult:
+    """Pure decision from version tags: comparisons (same evaluation set only) or floors, plus the budget."""
+    ours = tag_metrics(challenger_tags)
+    checks: list[Check] = []
+    missing = [k for k in (MAX_F, MAE) if k not in ours]
+    if missing:
+        checks.append(Check("metrics", False, f"challenger has no {', '.join(missing)} metric tags"))
+    if champion_tags is None:
+        mode = "floors"
+        if not missing:
+            ok = ours[MAX_F] >= gate.min_max_f
+            sign = ">=" if ok else "<"
+            checks.append(Check(MAX_F, ok, f"max_f {ours[MAX_F]:.4f} {sign} floor {gate.min_max_f:g}"))
+            ok = ours[MAE] <= gate.max_mae
+            sign = "<=" if ok else ">"
+            checks.append(Check(MAE, ok, f"mae {ours[MAE]:.4f} {sign} ceiling {gate.max_mae:g}"))
+    else:
+        mode = "compare"
+        theirs = tag_metrics(champion_tags)
+        for tag in (MANIFEST_TAG, PROTOCOL_TAG):
+            a, b = challenger_tags.get(tag), champion_tags.get(tag)
+            ok = a is not None and a == b
+            detail = (f"same {tag}" if ok else
+                      f"different evaluation set: {tag} {a or 'unrecorded'} vs the champion's "
+                      f"{b or 'unrecorded'}; the metrics are not comparable (promote by hand after checking)")
+            checks.append(Check(tag, ok, detail))
+        gone = [k for k in (MAX_F, MAE) if k not in theirs]
+        if gone:
+            checks.append(Check("champion_metrics", False, f"champion has no {', '.join(gone)} metric tags"))
+        if not missing and not gone:
+            floor = theirs[MAX_F] - gate.max_f_margin
+            ok = ours[MAX_F] >= floor
+            verdict = "within" if ok else "below by more than"
+            checks.append(Check(MAX_F, ok, f"max_f {ours[MAX_F]:.4f} vs champion {theirs[MAX_F]:.4f}: "
+                                           f"{verdict} margin {gate.max_f_margin:g}"))
+            ceiling = theirs[MAE] + gate.mae_margin
+            ok = ours[MAE] <= ceiling
+            verdict = "within" if ok else "worse by more than"
+            checks.append(Check(MAE, ok, f"mae {ours[MAE]:.4f} vs champion {theirs[MAE]:.4f}: "
+                                         f"{verdict} margin {gate.mae_margin:g}"))
+    checks += _budget_checks(ours, gate)
+    return GateResult(all(c.passed for c in checks), mode, checks)
+
+
+def _client(client: Any = None) -> Any:
+    if client is not None:
+        return client
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def current_user(user: str | None = None) -> str:
+    if user:
+        return user
+    try:
+        return os.environ.get("DBDGAN_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "error_code", ""))
+
+
+@contextmanager
+def registry_lock(name: str, client: Any = None, timeout_s: float = LOCK_TIMEOUT_S,
+                  stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+    """Hold the promotion mutex of `name`; a lock older than `stale_s` (a crashed holder) is broken."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(client)
+    lock = f"{name}{LOCK_SUFFIX}"
+    owner = f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"owner": owner},
+                                           description=f"transient promotion mutex of {name}; "
+                                                       f"safe to delete when older than {stale_s:g} s")
+            break
+        except MlflowException as exc:
+            if _error_code(exc) not in _ALREADY_EXISTS:
+                raise
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException:
+            continue  # released between our two calls
+        age_s = time.time() - held.creation_timestamp / 1000.0
+        if age_s > stale_s:
+            log.warning("breaking stale lock %s of %s (%.0f s old)", lock, held.tags.get("owner"), age_s)
+            _delete_lock(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"promotion lock {lock} still held by {held.tags.get('owner', '?')} after "
+                               f"{timeout_s:g} s; delete that registered model if its holder died")
+        time.sleep(0.05 + random.random() * 0.15)
+    try:
+        yield
+    finally:
+        _delete_lock(client, lock)
+
+
+def _delete_lock(client: Any, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as exc:
+        if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def _aliases(client: Any, name: str) -> dict[str, int]:
+    return {alias: int(v) for alias, v in client.get_registered_model(name).aliases.items()}
+
+
+def champion_history(name: str, client: Any = None) -> list[int]:
+    """Versions that were champion, oldest first (the registered model's `champion_history` tag)."""
+    raw = _client(client).get_registered_model(name).tags.get(HISTORY_TAG)
+    return [int(v) for v in json.loads(raw)] if raw else []
+
+
+def _version_tags(client: Any, name: str, version: int) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_model_version(name, str(version)).tags)
+    except MlflowException as exc:
+        raise ValueError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
+
+
+def record_decision(name: str, version: int, record: dict[str, Any], client: Any = None) -> dict[str, Any]:
+    """Write the decision on the version: `decision` (latest) and `decision.<UTC time>` (history)."""
+    client = _client(client)
+    now = datetime.now(UTC)
+    record = {"time": now.isoformat(timespec="seconds"), "host": socket.gethostname(), **record}
+    text = json.dumps(record, sort_keys=True, default=str)
+    if len(text) > 5000:  # MLflow's tag value limit: keep the verdict, shorten the free text
+        record["reason"] = str(record.get("reason", ""))[:500]
+        record.pop("checks", None)
+        text = json.dumps(record, sort_keys=True, default=str)
+    client.set_model_version_tag(name, str(version), DECISION_TAG, text)
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    client.set_model_version_tag(name, str(version), f"{DECISION_TAG}.{stamp}", text)
+    return record
+
+
+def _make_champion(client: Any, name: str, version: int, current: int | None) -> None:
+    """Move `champion` to `version`, remember the one it replaced, extend the history."""
+    history = champion_history(name, client)
+    if current is not None and (not history or history[-1] != current):
+        history.append(current)  # champion set by something else: keep it reachable by rollback
+    history.append(version)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(current))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_MAX:]))
+
+
+def _metrics_compared(client: Any, name: str, **versions: int | None) -> dict[str, Any]:
+    """The compared metrics of each named version, e.g. candidate=7, champion=5."""
+    return {label: {"version": v, **tag_metrics(_version_tags(client, name, v))}
+            for label, v in versions.items() if v is not None}
+
+
+def run_gate(name: str, version: int, gate: GateParams | None = None, *, user: str | None = None,
+             client: Any = None) -> dict[str, Any]:
+    """The automatic gate for a newly registered version; promotes it when it passes (and auto_promote)."""
+    client = _client(client)
+    gate = gate or GateParams()
+    version = int(version)
+    with registry_lock(name, client):
+        champion = _aliases(client, name).get(CHAMPION)
+        tags = _version_tags(client, name, version)
+        if champion == version:
+            return {"version": version, "result": "unchanged", "reason": "already champion",
+                    "champion_before": champion, "champion_after": champion}
+        champion_tags = None if champion is None else _version_tags(client, name, champion)
+        result = evaluate_gate(tags, champion_tags, gate)
+        promote_now = result.passed and gate.auto_promote
+        if promote_now:
+            _make_champion(client, name, version, champion)
+        outcome = "promoted" if promote_now else ("passed" if result.passed else "rejected")
+        reason = ("gate passed" if result.passed else "gate failed: " + "; ".join(result.failures)) + (
+            "" if promote_now or not result.passed else " (auto_promote is off)")
+        record = record_decision(name, version, {
+            "action": "gate", "result": outcome, "user": current_user(user), "reason": reason,
+            "mode": result.mode, "champion_before": champion,
+            "champion_after": version if promote_now else champion,
+            "checks": [asdict(c) for c in result.checks],
+            "metrics": _metrics_compared(client, name, candidate=version, champion=champion),
+            "gate": gate.model_dump()}, client)
+        if promote_now and champion is not None:
+            record_decision(name, champion, {"action": "gate", "result": "replaced",
+                                             "user": current_user(user), "champion_after": version,
+                                             "reason": f"version {version} passed the gate"}, client)
+    log.info("%s v%d: %s (%s)", name, version, outcome, reason)
+    return {"version": version, **record}
+
+
+def promote(name: str, version: int, reason: str, user: str | None = None, *, client: Any = None,
+            gate: GateParams | None = None) -> dict[str, Any]:
+    """Make `version` champion by hand; the gate's verdict is recorded beside the reason, not enforced."""
+    if not reason or not reason.strip():
+        raise ValueError("a manual promotion needs a reason (--reason)")
+    client = _client(client)
+    version = int(version)
+    with registry_lock(name, client):
+        tags = _version_tags(client, name, version)
+        champion = _aliases(client, name).get(CHAMPION)
+        if champion == version:
+            raise ValueError(f"{name} version {version} is already the champion")
+        champion_tags = None if champion is None else _version_tags(client, name, champion)
+        verdict = evaluate_gate(tags, champion_tags, gate or GateParams())
+        _make_champion(client, name, version, champion)
+        who = current_user(user)
+        record = record_decision(name, version, {
+            "action": "manual-promote", "result": "promoted", "user": who, "reason": reason.strip(),
+            "champion_before": champion, "champion_after": version, "gate_would_pass": verdict.passed,
+            "checks": [asdict(c) for c in verdict.checks],
+            "metrics": _metrics_compared(client, name, candidate=version, champion=champion)}, client)
+        if champion is not None:
+            record_decision(name, champion, {"action": "manual-promote", "result": "replaced", "user": who,
+                                             "reason": reason.strip(), "champion_after": version}, client)
+        client.set_model_version_tag(name, str(version), "promoted_by", who)
+    return {"version": version, **record}
+
+
+def _exists(client: Any, name: str, version: int) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        return False
+    return True
+
+
+def rollback(name: str, reason: str = "rollback", user: str | None = None, *,
+             client: Any = None) -> dict[str, Any]:
+    """Restore the champion before the current one (skipping deleted versions); record it on both."""
+    client = _client(client)
+    with registry_lock(name, client):
+        current = _aliases(client, name).get(CHAMPION)
+        if current is None:
+            raise ValueError(f"{name} has no champion to roll back")
+        history = champion_history(name, client)
+        while history and history[-1] == current:
+            history.pop()
+        while history and not _exists(client, name, history[-1]):
+            history.pop()
+        if not history:
+            raise ValueError(f"{name} has no earlier champion to restore (champion_history: "
+                             f"{champion_history(name, client)})")
+        target = history[-1]
+        client.set_registered_model_alias(name, CHAMPION, str(target))
+        earlier = [v for v in history[:-1] if v != target and _exists(client, name, v)]
+        if earlier:
+            client.set_registered_model_alias(name, PREVIOUS, str(earlier[-1]))
+        elif PREVIOUS in _aliases(client, name):
+            client.delete_registered_model_alias(name, PREVIOUS)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_MAX:]))
+        who = current_user(user)
+        record = record_decision(name, target, {
+            "action": "rollback", "result": "restored", "user": who, "reason": reason,
+            "champion_before": current, "champion_after": target,
+            "metrics": _metrics_compared(client, name, restored=target, rolled_back=current)}, client)
+        record_decision(name, current, {"action": "rollback", "result": "rolled-back", "user": who,
+                                        "reason": reason, "champion_after": target}, client)
+    return {"version": target, **record}
