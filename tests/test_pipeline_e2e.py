@@ -80,4 +80,4 @@ def test_dvc_pipeline_end_to_end(workspace):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = _run([str(BIN / "dvc"), "repro"], workspace)
     assert _ran_stages(changed) == ["distill_student", "evaluate", "register"]
-    assert client.get_model_version_by_alias("dbd-student", "challenger").version == "2"
+    assert int(client.get_model_version_by_alias("dbd-student", "challenger").version) == 2

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=320, help="sample size for the PyTorch/onnxruntime comparison")
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
 
+    from dbdgan.cli_models import add_commands
+
+    add_commands(add)
+
     sub.add_parser("pipeline", help="Kubeflow pipeline: compile | run-local | submit (see `dbdgan pipeline -h`)",
                    add_help=False)
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dbdgan.promotion import GateParams
+
 
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema; the message names the key and value."""
@@ -130,12 +132,15 @@ class EvaluateParams(_Section):
 
 
 class RegisterParams(_Section):
+    """Where models are tracked and registered, and the gate a challenger must pass to become champion."""
+
     tracking_uri: str = "sqlite:///mlflow/mlflow.db"
     artifact_location: str = "mlflow/artifacts"
     experiment: str = "dbdgan"
     teacher_name: str = "dbd-teacher"
     student_name: str = "dbd-student"
     out: str = "reports/registered.json"
+    gate: GateParams = GateParams()
 
 
 with warnings.catch_warnings():

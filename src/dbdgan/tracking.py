@@ -25,17 +25,32 @@ def _is_local_store(uri: str) -> bool:
 def configure(register: RegisterParams) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(register)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # set_tracking_uri also exports the variable; undo that so a later configure() in this process with other
+    # params is not silently pinned to this store.
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     experiment = mlflow.get_experiment_by_name(register.experiment)
     if experiment is not None:
         mlflow.set_experiment(register.experiment)
         return experiment.experiment_id
     location = Path(register.artifact_location).resolve().as_uri() if _is_local_store(uri) else None
-    experiment_id = mlflow.create_experiment(register.experiment, artifact_location=location)
+    try:
+        experiment_id = mlflow.create_experiment(register.experiment, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our look-up and create: use theirs.
+        experiment = mlflow.get_experiment_by_name(register.experiment)
+        if experiment is None:
+            raise
+        experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
