@@ -6,9 +6,9 @@ from components.factory import component
 
 
 @component
-def evaluate_models(params_yaml: str, overrides: list, run_id: str, reports_uri: str, dataset: Input[Dataset],
-                    teacher: Input[Model], student: Input[Model], metrics: Output[Metrics],
-                    scores: Output[Artifact], report: Output[HTML]) -> float:
+def evaluate_models(params_yaml: str, overrides: list, dataset: Input[Dataset], teacher: Input[Model],
+                    student: Input[Model], metrics: Output[Metrics], scores: Output[Artifact],
+                    report: Output[HTML]) -> float:
     """Accuracy + efficiency of both models and the baselines (dbdgan.steps.evaluate).
 
     `scores` holds <model>.json, curves and the qualitative grid; `metrics` shows every scalar as
@@ -30,7 +30,6 @@ def evaluate_models(params_yaml: str, overrides: list, run_id: str, reports_uri:
     plots = Path(scores.path) / "plots"
     rt.write_text(report.path, rt.html_page(f"Evaluation on the {params.evaluate.split} split", tables,
                                             [plots / "curves.png", plots / "grid.png"]))
-    scores.metadata["published_to"] = rt.publish(scores.path, reports_uri, run_id, "evaluation")
     return rt.pick(tables["student"], "max_f")
 
 

@@ -8,6 +8,7 @@ from components.distill_student import distill_student
 from components.evaluate import evaluate_models, metric_value
 from components.factory import with_image
 from components.prepare import prepare_data
+from components.publish import publish_reports
 from components.register import register_models
 from components.train_teacher import train_teacher
 from components.validate import validate_data
@@ -20,6 +21,7 @@ COMPONENTS = {
     "evaluate_models": evaluate_models,
     "metric_value": metric_value,
     "register_models": register_models,
+    "publish_reports": publish_reports,
 }
 
 

@@ -6,13 +6,17 @@ from components.factory import component
 
 
 @component
-def validate_data(params_yaml: str, overrides: list, run_id: str, reports_uri: str, dataset: Input[Dataset],
+def validate_data(params_yaml: str, overrides: list, reports_uri: str, dataset: Input[Dataset],
                   report: Output[Artifact], summary: Output[Markdown]) -> None:
     """Validate the prepared dataset (dbdgan.steps.validate): Data Docs + validation.json in `report`.
 
-    On failure the error lists every failing file and expectation; the report is still copied to
-    reports_uri (when set) so that it can be read although KFP keeps no outputs of a failed task.
+    On failure the error lists every failing file and expectation, and (when reports_uri is set) the report
+    is copied to <reports_uri>/failed-validation/<manifest sha256> so that it can be read: KFP keeps no
+    outputs of a failed task. No run id here, so that the step stays cacheable.
     """
+    import hashlib
+    from pathlib import Path
+
     from components import _runtime as rt
     from dbdgan import steps
     from dbdgan.data.validation import DataValidationError
@@ -21,10 +25,11 @@ def validate_data(params_yaml: str, overrides: list, run_id: str, reports_uri: s
     try:
         result = steps.validate(params, data_dir=dataset.path, report_dir=report.path)
     except DataValidationError:
-        rt.publish(report.path, reports_uri, run_id, "validation")
+        manifest = Path(dataset.path) / "manifest.csv"
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "unknown"
+        rt.publish(report.path, reports_uri, "failed-validation", digest)
         raise
     facts = {"success": result.success, "rows": result.n_rows, "expectations": result.evaluated_expectations,
              "warnings": len(result.warnings), **result.split_counts}
     report.metadata.update({key: value for key, value in facts.items() if not isinstance(value, bool)})
-    report.metadata["published_to"] = rt.publish(report.path, reports_uri, run_id, "validation")
     rt.write_text(summary.path, rt.markdown("Data validation", facts, result.message()))

@@ -37,6 +37,7 @@ DEFAULT_RESOURCES = {
     "evaluate_models": Resources("4", "8Gi"),
     "metric_value": Resources("100m", "256Mi"),
     "register_models": Resources("1", "2Gi"),
+    "publish_reports": Resources("500m", "1Gi"),
 }
 
 # Bounded MLflow client retries: a tracking server that is down fails the step in about a minute.

@@ -58,7 +58,7 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = {"params_yaml": params_yaml, "overrides": overrides}
         prepare = op.prepare_data(**common, data_uri=data_uri).set_display_name("prepare data")
-        validate = op.validate_data(**common, run_id=run_id, reports_uri=reports_uri,
+        validate = op.validate_data(**common, reports_uri=reports_uri,
                                     dataset=prepare.outputs["dataset"]).set_display_name("validate data")
         tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment}
         teacher = op.train_teacher(**common, **tracking,
@@ -67,8 +67,8 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         student = op.distill_student(**common, **tracking,
                                      dataset=prepare.outputs["dataset"],
                                      teacher=teacher.outputs["teacher"]).set_display_name("distill student")
-        evaluate = op.evaluate_models(**common, run_id=run_id, reports_uri=reports_uri,
-                                      dataset=prepare.outputs["dataset"], teacher=teacher.outputs["teacher"],
+        evaluate = op.evaluate_models(**common, dataset=prepare.outputs["dataset"],
+                                      teacher=teacher.outputs["teacher"],
                                       student=student.outputs["student"]).set_display_name("evaluate")
         mae = op.metric_value(metrics=evaluate.outputs["metrics"], name=STUDENT_MAE_METRIC)
         mae.set_display_name("student MAE")
@@ -76,6 +76,12 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
                  "distill_student": student, "evaluate_models": evaluate, "metric_value": mae}
         for name, task in tasks.items():
             task.set_caching_options(name not in ("train_teacher", "distill_student"))
+        with dsl.If(reports_uri != "", name="reports-enabled"):
+            publish = op.publish_reports(reports_uri=reports_uri, run_id=run_id,
+                                         validation=validate.outputs["report"],
+                                         scores=evaluate.outputs["scores"])
+            publish.set_display_name("publish reports").set_caching_options(False)
+            tasks["publish_reports"] = publish
         # The promotion gate: nested conditions (KFP has no `and`), each on a task's single return value.
         with (dsl.If(evaluate.outputs["Output"] >= min_student_max_f, name="student-max-f-gate"),
               dsl.If(mae.output <= max_student_mae, name="student-mae-gate")):

@@ -22,7 +22,8 @@ from pipelines.pipeline import build_pipeline
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_TEXT = (REPO / "params.yaml").read_text()
 STEP_COMPONENTS = ["comp-prepare-data", "comp-validate-data", "comp-train-teacher", "comp-distill-student",
-                   "comp-evaluate-models", "comp-metric-value", "comp-register-models"]
+                   "comp-evaluate-models", "comp-metric-value", "comp-register-models",
+                   "comp-publish-reports"]
 
 
 def _compile(tmp_path: Path, cluster: ClusterSettings | None) -> tuple[dict, dict]:
@@ -62,8 +63,9 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
     tasks = _all_tasks(spec)
     conditions = {name: task["triggerPolicy"]["condition"] for name, task in tasks.items()
                   if task.get("triggerPolicy", {}).get("condition")}
-    assert len(conditions) == 2
+    assert len(conditions) == 3
     text = " ".join(conditions.values())
+    assert "pipelinechannel--reports_uri'] != ''" in text  # reports are copied only when asked for
     assert "pipelinechannel--evaluate-models-Output'] >= " in text and "min_student_max_f" in text
     assert "pipelinechannel--metric-value-Output'] <= " in text and "max_student_mae" in text
     # register sits inside the innermost condition, not in the root DAG
@@ -76,8 +78,12 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
                if not name.startswith("condition")}
     assert caching == {"prepare-data": True, "validate-data": True, "train-teacher": False,
                        "distill-student": False, "evaluate-models": True, "metric-value": True,
-                       "register-models": False}
+                       "register-models": False, "publish-reports": False}
     assert "validate-data" in tasks["train-teacher"]["dependentTasks"]  # no training on unvalidated data
+    # a run id among the inputs would make every run a cache miss: only the uncached steps get it
+    run_id_users = {name for name, task in tasks.items()
+                    if "run_id" in task.get("inputs", {}).get("parameters", {})}
+    assert run_id_users == {"register-models", "publish-reports"}
 
 
 def test_components_run_the_project_image_without_pip(tmp_path: Path) -> None:

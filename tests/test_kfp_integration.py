@@ -1,0 +1,182 @@
+"""The KFP pipeline end to end with kfp.local against real services on 127.0.0.1, started here.
+
+Services: a moto S3 server (ThreadedMotoServer) and an `mlflow server` process (sqlite store in tmp,
+artifacts proxied to s3://<bucket>/mlflow on moto). The pipeline runs through `dbdgan pipeline run-local`
+(SubprocessRunner: every step is a subprocess of this venv) on a tiny config. A recognisable secret is planted
+as AWS_SECRET_ACCESS_KEY and searched for in every output afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from kfp_fixtures import dummy_credentials, files_containing, mlflow_server, moto_server
+
+from pipelines import cli
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "seed=0", "device=cpu",
+    "data.synthetic.num_images=24", "data.synthetic.size=48", "data.min_size=32",
+    "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
+    "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
+    "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
+    "evaluate.input_size=48", "evaluate.thresholds=32", "evaluate.grid_samples=2",
+    "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
+]
+BUCKET = "dbdgan-it"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Credentials (with the planted secret) and endpoints, inherited by every step's subprocess."""
+    values = {
+        **dummy_credentials(),
+        "DBDGAN_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # bounded client retries, so that an outage fails within seconds here
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "DBDGAN_S3_MAX_ATTEMPTS": "2",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job workers: faster start, clean stop
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    monkeypatch.chdir(tmp_path)  # nothing a step writes may land in the working tree
+    return values
+
+
+def _run_local(root: Path, mlflow_uri: str, *extra: str) -> int:
+    args = ["run-local", "--params", str(REPO / "params.yaml"), "--pipeline-root", str(root),
+            "--mlflow-uri", mlflow_uri, "--reports-uri", f"s3://{BUCKET}/reports"]
+    for override in TINY:
+        args += ["--set", override]
+    return cli.main([*args, *extra])
+
+
+def _bucket_objects(endpoint: str, prefix: str = "") -> dict[str, bytes]:
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    keys = [obj["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for obj in page.get("Contents", [])]
+    return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+def _bucket_prefix(client: Any, source: str) -> str:
+    """Bucket prefix of a model version's artifacts: models:/<id> -> mlflow-artifacts:/... -> mlflow/..."""
+    if source.startswith("models:/"):
+        source = client.get_logged_model(source.removeprefix("models:/").split("/")[0]).artifact_location
+    assert source.startswith("mlflow-artifacts:/"), f"artifacts not proxied by the server: {source}"
+    return "mlflow/" + source.removeprefix("mlflow-artifacts:").strip("/")
+
+
+def test_pipeline_registers_the_student_and_leaks_no_secret(
+        env: dict[str, str], s3_endpoint: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    server_dir = tmp_path / "mlflow"
+    server_dir.mkdir()
+    root = tmp_path / "kfp"
+    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow", env) as server:
+        start = time.monotonic()
+        code = _run_local(root, server.uri, "--student-name", "it-student", "--teacher-name", "it-teacher",
+                          "--mlflow-experiment", "it")
+        logs = capfd.readouterr()
+        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
+        elapsed = time.monotonic() - start
+
+        client = MlflowClient(tracking_uri=server.uri)
+        student = client.get_model_version_by_alias("it-student", "challenger")
+        teacher = client.get_model_version_by_alias("it-teacher", "challenger")
+        assert student.version == "1" and teacher.version == "1"
+        assert student.tags["role"] == "student" and "metric.max_f" in student.tags
+        runs = client.search_runs([client.get_experiment_by_name("it").experiment_id])
+        run_params = {k: v for run in runs for k, v in run.data.params.items()}
+        assert run_params.get("model.student") == "mobile_tiny"  # the overrides reached the steps
+        model_prefix = _bucket_prefix(client, student.source)
+
+    # the student's MLflow artifacts live in the bucket (proxied by the server to s3://BUCKET/mlflow)
+    objects = _bucket_objects(s3_endpoint)
+    assert f"{model_prefix}/MLmodel" in objects, (model_prefix, sorted(objects)[:50])
+    weights = [key for key, body in objects.items() if key.startswith(model_prefix) and len(body) > 10_000]
+    assert weights, "the registered student's checkpoint is not in the bucket"
+    assert any("/checkpoint/" in key for key in objects)  # training runs logged their checkpoints
+    # reports copied by the components, each folder finished by its completion marker
+    reports = [key for key in objects if key.startswith("reports/")]
+    for name in ("validation/_SUCCESS.json", "validation/validation.json", "evaluation/_SUCCESS.json",
+                 "evaluation/student.json", "registered.json"):
+        assert any(key.endswith(name) for key in reports), (name, reports)
+
+    # the planted secret appears nowhere: task outputs, logs, the MLflow store and server log, the bucket
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in logs.out + logs.err
+    assert files_containing([root, server_dir], secret) == []
+    assert [key for key, body in objects.items() if secret.encode() in body] == []
+    assert not (tmp_path / "mlflow.db").exists()  # the steps used the server, not a local store
+    print(f"pipeline run took {elapsed:.0f} s")
+
+
+def _stop_when_done(root: Path, task: str, server_stop: Callable[[], None], stopped: threading.Event) -> None:
+    """Stop the tracking server as soon as `task` has finished (its executor output exists)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not stopped.is_set():
+        if any(root.glob(f"*/{task}/executor_output.json")):
+            server_stop()
+            stopped.set()
+            return
+        time.sleep(0.1)
+
+
+def test_tracking_server_outage_fails_clearly_and_registers_nothing(env: dict[str, str], tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    server_dir = tmp_path / "mlflow"
+    server_dir.mkdir()
+    root = tmp_path / "kfp"
+    stopped = threading.Event()
+    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-outage", env) as server:
+        watcher = threading.Thread(target=_stop_when_done, args=(root, "train-teacher", server.stop, stopped),
+                                   daemon=True)
+        watcher.start()
+        start = time.monotonic()
+        code = _run_local(root, server.uri, "--student-name", "outage-student",
+                          "--teacher-name", "outage-teacher")
+        elapsed = time.monotonic() - start
+        stopped.set()
+        watcher.join(timeout=5)
+        logs = capfd.readouterr()
+
+    text = logs.out + logs.err
+    assert code == 1, text[-5000:]
+    assert "dbdgan pipeline run-local: error:" in logs.err
+    assert "distill-student" in text  # the step that lost its tracking server ...
+    assert server.uri.removeprefix("http://") in text  # ... names the server it could not reach
+    assert elapsed < 240  # bounded retries, no hang
+    assert not list(root.glob("*/register-models/*"))  # registration never started
+
+    # read the server's store directly: the teacher's training run is there, but nothing was registered
+    store = MlflowClient(tracking_uri=f"sqlite:///{server_dir / 'mlflow.db'}")
+    assert store.search_registered_models() == []
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert {run.data.tags.get("dbdgan.stage") for run in runs} == {"train_teacher"}
+    assert env["AWS_SECRET_ACCESS_KEY"] not in text
