@@ -8,6 +8,7 @@ $KFP_TOKEN (or --token) and goes only to kfp.Client; S3 and MLflow credentials s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -28,8 +29,9 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _add_build_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file, baked in as the default of the params_yaml pipeline parameter")
+    parser.add_argument("--params", action="append", default=None, metavar="FILE",
+                        help="params file (default: params.yaml); repeat to overlay a profile on it. The "
+                             "merged, validated params become the default of the params_yaml parameter")
     parser.add_argument("--image", help="component image (default: $DBDGAN_IMAGE or the built-in tag)")
 
 
@@ -93,11 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _params_text(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"params file not found: {file}")
-    return file.read_text()
+def _params_text(paths: list[str] | None) -> str:
+    """The params files merged and validated (as the CLI does), as one line of JSON (valid YAML)."""
+    from dbdgan.config import ConfigError, load_params
+    from pipelines.pipeline import RUNTIME_INPUT
+
+    files = [Path(p) for p in paths or ["params.yaml"]]
+    try:
+        tree = load_params(files).model_dump(mode="json")
+    except ConfigError as exc:
+        try:  # a real data source whose folder comes from --data-uri at run time
+            tree = load_params(files, [f"data.input={json.dumps(RUNTIME_INPUT)}"]).model_dump(mode="json")
+        except ConfigError:
+            raise exc from None
+        tree["data"]["input"] = None
+    return json.dumps(tree, separators=(",", ":"))
 
 
 def _cluster(args: argparse.Namespace) -> Any:

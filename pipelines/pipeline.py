@@ -7,6 +7,7 @@ reproducible, and each run should leave its MLflow training run) and for registr
 """
 
 # No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
+import copy
 import json
 from typing import Any
 
@@ -15,11 +16,19 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from components.ops import ops
-from dbdgan.config import params_from_dict
+from dbdgan.config import Params, params_from_dict
 from pipelines.k8s import ClusterSettings, apply
 
 PIPELINE_NAME = "dbdgan-train"
 STUDENT_MAE_METRIC = "student.mae"
+# Stands in for data.input while validating at compile time: a real source gets its folder from data_uri.
+RUNTIME_INPUT = "<data_uri at run time>"
+
+
+def check_params(tree: dict[str, Any], source: str = "params_yaml") -> Params:
+    """Validate params as the prepare step will see them (data.input may come from data_uri at run time)."""
+    probe = [] if (tree.get("data") or {}).get("input") else [f"data.input={json.dumps(RUNTIME_INPUT)}"]
+    return params_from_dict(copy.deepcopy(tree), probe, source=source)  # it sets overrides in nested dicts
 
 
 def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
@@ -31,7 +40,7 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
     IR file, and a multi-line default would break that file.
     """
     tree: Any = (yaml.safe_load(params_text) if params_text.strip() else None) or {}
-    defaults = params_from_dict(tree, source="params_yaml").register
+    defaults = check_params(tree).register
     params_default = json.dumps(tree, separators=(",", ":"))
     op = ops(image)
 

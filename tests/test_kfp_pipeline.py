@@ -164,6 +164,17 @@ def test_cli_compile_local_and_image(tmp_path: Path) -> None:
     assert _executor(docs[0], "comp-train-teacher")["image"] == "registry.example/dbdgan:1.2"
 
 
+def test_cli_compile_overlays_a_profile(tmp_path: Path) -> None:
+    """A GPU profile with a real data source compiles: its folder comes from data_uri at run time."""
+    out = tmp_path / "gpu.yaml"
+    assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--params",
+                     str(REPO / "profiles" / "paper-gpu.yaml"), "--out", str(out)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    baked = yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"])
+    assert baked["model"]["teacher"] == "teacher_paper" and baked["data"]["source"] == "cuhk"
+    assert baked["data"]["input"] is None
+
+
 def test_cli_reports_a_missing_params_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["compile", "--params", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p.yaml")]
     assert cli.main(args) == 1
