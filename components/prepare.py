@@ -19,16 +19,14 @@ def prepare_data(params_yaml: str, overrides: list, data_uri: str, dataset: Outp
     from dbdgan import steps
     from dbdgan.storage import download, is_s3_uri
 
-    settings = {}
-    if data_uri.strip():
-        raw = data_uri.strip()
-        if is_s3_uri(raw):
-            raw = str(download(raw, rt.scratch("raw") / "data", folder=True))
-        settings["data.input"] = raw
-    params = rt.load_params(params_yaml, overrides, settings)
-    if data_uri.strip() and params.data.source == "synthetic":
-        raise ValueError(f"data_uri={data_uri!r} is set but data.source is 'synthetic': add an override "
+    uri = data_uri.strip()
+    params = rt.load_params(params_yaml, overrides, {"data.input": uri} if uri else {})
+    if uri and params.data.source == "synthetic":
+        raise ValueError(f"data_uri={uri!r} is set but data.source is 'synthetic': add an override "
                          "such as data.source=cuhk (or folder, dut, szu)")
+    if is_s3_uri(uri):  # checked first, so that a wrong source fails before any download
+        local = download(uri, rt.scratch("raw") / "data", folder=True)
+        params = rt.load_params(params_yaml, overrides, {"data.input": str(local)})
     steps.prepare(params, out_dir=dataset.path)
     counts = rt.split_counts(dataset.path)
     dataset.metadata.update({"source": params.data.source, "images": sum(counts.values()), **counts})

@@ -135,6 +135,47 @@ def test_pipeline_registers_the_student_and_leaks_no_secret(
     print(f"pipeline run took {elapsed:.0f} s")
 
 
+def _raw_pairs(folder: Path, count: int = 12, size: int = 48) -> Path:
+    """A tiny CUHK-layout folder: images/*.jpg and masks/*.png (255 = blurred)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for index in range(count):
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        mask[:, : size * (index % 4 + 1) // 5] = 255
+        Image.fromarray(image).save(folder / "images" / f"img{index:02d}.jpg", quality=90)
+        Image.fromarray(mask).save(folder / "masks" / f"img{index:02d}.png")
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_prepare_component_reads_raw_data_from_s3(env: dict[str, str], tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """The prepare component alone (kfp.local runs single components too) on raw data in the bucket."""
+    from kfp import local
+
+    from components.prepare import prepare_data
+    from dbdgan.storage import upload
+
+    upload(_raw_pairs(tmp_path / "raw"), f"s3://{BUCKET}/raw/tiny-cuhk")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    params_text = (REPO / "params.yaml").read_text()
+    task = prepare_data(params_yaml=params_text, overrides=["data.source=cuhk"],
+                        data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+    dataset = task.outputs["dataset"]
+    rows = (Path(dataset.path) / "manifest.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 12 and dataset.metadata["images"] == 12
+
+    with pytest.raises(RuntimeError, match="prepare-data"):
+        prepare_data(params_yaml=params_text, overrides=[], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+    assert "data.source is 'synthetic'" in capfd.readouterr().out
+
+
 def _stop_when_done(root: Path, task: str, server_stop: Callable[[], None], stopped: threading.Event) -> None:
     """Stop the tracking server as soon as `task` has finished (its executor output exists)."""
     deadline = time.monotonic() + 300
