@@ -29,3 +29,31 @@ def test_validate_missing_folder_is_a_clear_error(capsys, tmp_path):
                  "--report", str(tmp_path / "report")])
     assert code == 1
     assert "absent" in capsys.readouterr().err
+
+
+def test_model_info_json_reports_params_and_flops(capsys):
+    import json
+
+    code = main(["model-info", "--params", str(REPO / "params.yaml"), "--preset", "mobile_tiny", "--size", "64",
+                 "--json"])
+    assert code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "mobile_tiny"
+    assert 50_000 < info["params"] < 200_000
+    assert info["flops"] > 0 and info["latency_ms_median"] > 0
+
+
+def test_export_onnx_command_round_trips(capsys, tmp_path):
+    import json
+
+    from dbdgan.checkpoint import save_model_file
+    from dbdgan.models import create_model
+
+    model_file = tmp_path / "student.pt"
+    save_model_file(model_file, "mobile_tiny", {}, create_model("mobile_tiny"))
+    code = main(["export-onnx", "--params", str(REPO / "params.yaml"), "--model", str(model_file),
+                 "--out", str(tmp_path / "student.onnx"), "--size", "48"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["max_abs_diff"] < 1e-4
+    assert (tmp_path / "student.onnx").is_file()

@@ -70,7 +70,12 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
     from dbdgan.models.info import model_info
 
     name = args.preset or (params.model.teacher if args.model == "teacher" else params.model.student)
-    return {"name": name, **model_info(create_model(name), size=args.size)}
+    info = {"name": name, **model_info(create_model(name), size=args.size)}
+    if args.json:
+        return info
+    print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {args.size}x{args.size}, "
+          f"CPU latency {info['latency_ms_median']:.1f} ms (median, batch 1, {info['threads']} threads)")
+    return None
 
 
 def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
