@@ -24,7 +24,7 @@ def prepare_data(params_yaml: str, overrides: list, data_uri: str, dataset: Outp
     if uri and params.data.source == "synthetic":
         raise ValueError(f"data_uri={uri!r} is set but data.source is 'synthetic': add an override "
                          "such as data.source=cuhk (or folder, dut, szu)")
-    if is_s3_uri(uri):  # checked first, so that a wrong source fails before any download
+    if is_s3_uri(uri):  # after the source check: a wrong source fails before any download
         local = download(uri, rt.scratch("raw") / "data", folder=True)
         params = rt.load_params(params_yaml, overrides, {"data.input": str(local)})
     steps.prepare(params, out_dir=dataset.path)
