@@ -62,7 +62,7 @@ def _cmd_evaluate(params: Params, args: argparse.Namespace) -> Any:
 
 
 def _cmd_register(params: Params, args: argparse.Namespace) -> Any:
-    return steps.register(params, metrics_dir=args.metrics, out_path=args.out)
+    return steps.register(params, metrics_dir=args.metrics, out_path=args.out, data_dir=args.data)
 
 
 def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("register", _cmd_register, "register teacher and student in the MLflow registry")
     p.add_argument("--metrics", help="metrics folder (default: evaluate.out_dir)")
+    p.add_argument("--data", help="prepared folder whose manifest the versions are tagged with")
     p.add_argument("--out", help="summary JSON (default: register.out)")
 
     p = add("export-onnx", _cmd_export_onnx, "export a model file to ONNX (dynamic H/W), checked against PyTorch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -193,7 +194,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 
 def params_from_dict(tree: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Params:
-    tree = dict(tree)
+    tree = copy.deepcopy(tree)  # overrides write into nested sections: never into the caller's dicts
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
