@@ -82,7 +82,9 @@ class OptimParams(_Section):
     poly_power: float = Field(0.9, gt=0.0)
 
 
-class TrainTeacherParams(_Section):
+class _TrainingParams(_Section):
+    """What teacher training and distillation share: schedule, data loading, content and adversarial terms."""
+
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     image_size: int = Field(96, ge=16)
@@ -93,30 +95,22 @@ class TrainTeacherParams(_Section):
     w_content: float = Field(1.0, ge=0.0)
     w_adv: float = Field(0.01, ge=0.0)
     init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
+    amp: bool = True  # CUDA only
+
+
+class TrainTeacherParams(_TrainingParams):
     checkpoint_dir: str = "checkpoints/teacher"
     out: str = "models/teacher.pt"
-    amp: bool = True
 
 
-class DistillParams(_Section):
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(8, ge=1)
-    image_size: int = Field(96, ge=16)
-    num_workers: int = Field(0, ge=0)
-    optim: OptimParams = OptimParams()
-    content_loss: Literal["bce", "bce_dice"] = "bce_dice"
-    adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
+class DistillParams(_TrainingParams):
     consistency: Literal["l1", "l2"] = "l1"
     feature_strides: list[int] = [4, 8]
-    w_content: float = Field(1.0, ge=0.0)
     w_consistency: float = Field(1.0, ge=0.0)
     w_feature: float = Field(0.1, ge=0.0)
-    w_adv: float = Field(0.01, ge=0.0)
     w_distill: float = Field(0.01, ge=0.0)
-    init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
     checkpoint_dir: str = "checkpoints/student"
     out: str = "models/student.pt"
-    amp: bool = True
 
 
 class EvaluateParams(_Section):
