@@ -51,7 +51,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def init_runtime(device_name: str) -> Runtime:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU)."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU).
+
+    Denormal floats are flushed to zero: small adversarial gradients otherwise make CPU training many times slower.
+    """
+    torch.set_flush_denormal(True)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
