@@ -1,0 +1,148 @@
+"""Accuracy of the real-data run: teacher, student and the two baselines, and the student/teacher gap.
+
+Reads the metrics the evaluate step wrote for the real-data profile (`make train-real
+DATA=../shared/data/cuhk-dbd`, outputs in runs/real/metrics/): teacher.json, student.json,
+baseline_all_blurred.json (every pixel blurred) and baseline_laplacian.json (a Laplacian-energy sharpness
+map), all scored by the same evaluator on the same split at the ground truth's native resolution. Reported
+per model: max-F over 256 thresholds and adaptive-threshold F (beta^2 = 0.3) with blurred as the positive
+class and with in focus as the positive class (how most DBD papers score), and MAE; then student minus
+teacher, and issue 8's goal for the CPU student (in-focus max-F >= 0.85, MAE <= 0.10 on CUHK validation).
+Nothing is trained or evaluated here: without a finished run the script says so and exits with status 2.
+
+Usage: python benchmarks/bench_accuracy.py [--run real=runs/real/metrics] [--run pretrain=DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, add_common_args, finish, machine_info, markdown_table
+
+MODELS = ["teacher", "student"]
+BASELINES = ["baseline_all_blurred", "baseline_laplacian"]
+METRICS = ["max_f", "adaptive_f", "infocus_max_f", "infocus_adaptive_f", "mae"]
+GOAL = {"infocus_max_f": 0.85, "mae": 0.10}
+HOW_TO_RUN = "make train-real DATA=../shared/data/cuhk-dbd"
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
+    path_obj = Path(path)
+    return label, path_obj if path_obj.is_absolute() else ROOT / path_obj
+
+
+def read_run(label: str, metrics_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per model and baseline found; the list of missing baseline files (models are required)."""
+    missing = [p for p in (metrics_dir / f"{name}.json" for name in MODELS) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"run {label!r}: {', '.join(str(p) for p in missing)} not found: the real-data run has not "
+            f"finished yet. Run `{HOW_TO_RUN}` first (about an hour on 2 cores), then this script again."
+        )
+    rows, absent = [], []
+    for name in MODELS + BASELINES:
+        path = metrics_dir / f"{name}.json"
+        if not path.is_file():
+            absent.append(str(path))
+            continue
+        try:
+            data = json.loads(path.read_text())
+            row = {key: float(data[key]) for key in METRICS}
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: not an evaluate-step metrics file ({exc!r})") from exc
+        settings = data.get("settings", {})
+        efficiency = data.get("efficiency", {})
+        rows.append({
+            "run": label, "model": name, **row,
+            "n_images": data.get("n_images"), "split": settings.get("split"),
+            "flip_tta": settings.get("flip_tta"), "input_size": settings.get("input_size"),
+            "latency_ms_b1": efficiency.get("latency_ms_b1"), "efficiency_size": efficiency.get("input_size"),
+            "file": str(path),
+        })
+    return rows, absent
+
+
+def gap(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Student minus teacher for every metric (negative F / positive MAE: the student is worse)."""
+    by_model = {row["model"]: row for row in rows}
+    teacher, student = by_model["teacher"], by_model["student"]
+    out: dict[str, Any] = {"run": rows[0]["run"]}
+    out.update({f"d_{key}": student[key] - teacher[key] for key in METRICS})
+    out["infocus_max_f_kept"] = student["infocus_max_f"] / teacher["infocus_max_f"]
+    if teacher.get("latency_ms_b1") and student.get("latency_ms_b1"):
+        out["latency_speedup"] = teacher["latency_ms_b1"] / student["latency_ms_b1"]
+    out["student_meets_goal"] = bool(
+        student["infocus_max_f"] >= GOAL["infocus_max_f"] and student["mae"] <= GOAL["mae"]
+    )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", dest="runs", type=parse_run, action="append",
+                        help="LABEL=DIR of an evaluate step's metrics (default real=runs/real/metrics); "
+                             "repeat to compare runs, e.g. with and without synthetic pre-training")
+    add_common_args(parser, "accuracy", timing=False)
+    args = parser.parse_args()
+    runs = args.runs or [("real", ROOT / "runs/real/metrics")]
+
+    rows: list[dict[str, Any]] = []
+    gaps, absent = [], []
+    try:
+        for label, metrics_dir in runs:
+            run_rows, run_absent = read_run(label, metrics_dir)
+            rows += run_rows
+            absent += run_absent
+            gaps.append(gap(run_rows))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bench_accuracy: {exc}", file=sys.stderr)
+        return 2
+    for path in absent:
+        print(f"bench_accuracy: warning: {path} not found (baselines come from the evaluate step)",
+              file=sys.stderr)
+
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "settings": {"runs": {label: str(path) for label, path in runs}, "goal": GOAL},
+        "rows": rows,
+        "gaps": gaps,
+    }
+    first = rows[0]
+    sections = [
+        f"Split {first['split']!r} ({first['n_images']} images), scored at the ground truth's native "
+        f"resolution; networks see {first['input_size']} px input, flip TTA {first['flip_tta']}. F uses "
+        "beta^2 = 0.3; max-F = best of 256 thresholds (per-image F averaged); adaptive F thresholds each "
+        "map at 1.5 x its mean. '+' marks the positive class.",
+        markdown_table([
+            ("run", "run", ""), ("model", "model", ""),
+            ("max_f", "max-F (blurred +)", ".3f"), ("adaptive_f", "adaptive F (blurred +)", ".3f"),
+            ("infocus_max_f", "max-F (in focus +)", ".3f"),
+            ("infocus_adaptive_f", "adaptive F (in focus +)", ".3f"),
+            ("mae", "MAE", ".3f"), ("n_images", "images", ""),
+        ], rows),
+        "Student minus teacher (negative F or positive MAE: the student is worse); 'kept' = student / "
+        "teacher in-focus max-F; speed-up = teacher / student CPU latency at batch 1 from the evaluate step; "
+        f"goal = in-focus max-F >= {GOAL['infocus_max_f']} and MAE <= {GOAL['mae']} (issue 8).",
+        markdown_table([
+            ("run", "run", ""), ("d_max_f", "d max-F (blurred +)", "+.3f"),
+            ("d_adaptive_f", "d adaptive F (blurred +)", "+.3f"),
+            ("d_infocus_max_f", "d max-F (in focus +)", "+.3f"),
+            ("d_infocus_adaptive_f", "d adaptive F (in focus +)", "+.3f"), ("d_mae", "d MAE", "+.3f"),
+            ("infocus_max_f_kept", "kept", ".1%"), ("latency_speedup", "speed-up", ".1f"),
+            ("student_meets_goal", "student meets goal", ""),
+        ], gaps),
+    ]
+    finish("accuracy", report, sections, args.out_dir, timing=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
