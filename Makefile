@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 export PATH := $(abspath $(BIN)):$(PATH)
 # Keep freed memory instead of returning it to the kernel after every large tensor (see DESIGN.md).
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
+# libgomp's idle threads spin by default; on a shared machine that holds the core the working thread needs and
+# made CPU training steps ~10x slower (benchmarks/README.md). Sleeping idle threads cost little when it is quiet.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install install-test run test lint train-real clean
 
