@@ -124,6 +124,8 @@ class EvaluateParams(_Section):
     out_dir: str = "metrics"
     efficiency_size: int = Field(320, ge=32)
     efficiency_runs: int = Field(5, ge=1)
+    onnx: bool = True  # export each model to ONNX and report onnxruntime parity and latency
+    log_to_mlflow: bool = True  # attach metrics JSON and plots to the model's training run
 
 
 class RegisterParams(_Section):

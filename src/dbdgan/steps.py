@@ -49,12 +49,12 @@ def distill_student(params: Params, teacher_path: str | Path | None = None, data
 
 def evaluate(params: Params, models: dict[str, str | Path] | None = None, data_dir: str | Path | None = None,
              out_dir: str | Path | None = None, split: str | None = None) -> dict[str, dict[str, Any]]:
-    """Accuracy and efficiency of each model file on a prepared split; writes metrics JSON, plots and a grid."""
+    """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a prepared split."""
     from dbdgan.evaluation.report import evaluate_files
 
     ev = params.evaluate
     models = models or {"teacher": params.train_teacher.out, "student": params.distill_student.out}
-    return evaluate_files({name: Path(path) for name, path in models.items()},
+    return evaluate_files(dict(models),
                           Path(data_dir or params.data.prepared_dir), Path(out_dir or ev.out_dir),
                           split=split or ev.split, params=params)
 

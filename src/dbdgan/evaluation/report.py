@@ -1,27 +1,66 @@
-"""The evaluate step: model files -> accuracy beside the baselines, efficiency, one JSON per model."""
+"""The evaluate step: models -> accuracy beside the baselines, efficiency, ONNX parity, one JSON per model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from dbdgan.checkpoint import load_model_file
+from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
 from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
 from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models
+from dbdgan.evaluation.onnx_export import check_onnx, export_onnx
 from dbdgan.io_utils import atomic_write_json
+from dbdgan.predict import is_model_uri, load_predictor
+from dbdgan.tracking import configure, tracking_uri
+
+log = logging.getLogger(__name__)
 
 BASELINES: dict[str, type[nn.Module]] = {"baseline_all_blurred": AllBlurred, "baseline_laplacian": LaplacianSharpness}
 
 
-def evaluate_files(model_files: dict[str, Path], data_dir: Path, out_dir: Path, split: str,
+def _onnx_parity(model: nn.Module, path: Path, size: int) -> dict[str, float]:
+    """Export with dynamic H/W and compare onnxruntime with PyTorch on one seeded input."""
+    import torch
+
+    export_onnx(model, path)
+    sample = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return {"file": str(path), **check_onnx(model, path, sample)}
+
+
+def _log_to_training_run(params: Params, source: str | Path, out_dir: Path, name: str) -> None:
+    """Attach the evaluation to the MLflow run that trained the model, when its file names one in this store."""
+    if is_model_uri(str(source)):
+        return
+    run_id = read_model_file(source)["metadata"].get("mlflow_run_id")
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure(params.register)
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        log.info("training run %s of %s is not in this tracking store; evaluation not attached", run_id, source)
+        return
+    client.log_artifact(run_id, str(out_dir / f"{name}.json"), artifact_path="evaluation")
+    for png in ("curves.png", "grid.png"):
+        if (out_dir / "plots" / png).is_file():
+            client.log_artifact(run_id, str(out_dir / "plots" / png), artifact_path="evaluation")
+
+
+def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: Path, split: str,
                    params: Params) -> dict[str, dict[str, Any]]:
-    """Score each model file and the two baselines on `split`; add efficiency to each model's JSON."""
+    """Score each model (file or MLflow URI) and the two baselines on `split`; add efficiency and ONNX parity."""
     ev = params.evaluate
-    models: dict[str, nn.Module] = {name: load_model_file(path) for name, path in model_files.items()}
+    loaded = {name: load_predictor(source, tracking_uri(params.register)) for name, source in model_files.items()}
+    models: dict[str, nn.Module] = {name: item.model for name, item in loaded.items()}
     baselines = {name: cls() for name, cls in BASELINES.items()}
     # Networks see images at the size they were trained on; the baselines work at native resolution.
     sizes = {name: ev.input_size for name in models}
@@ -32,6 +71,10 @@ def evaluate_files(model_files: dict[str, Path], data_dir: Path, out_dir: Path, 
     for name, model in models.items():
         results[name]["efficiency"] = model_efficiency(model, size=ev.efficiency_size, runs=ev.efficiency_runs,
                                                        throughput_runs=max(1, ev.efficiency_runs // 2))
-        results[name]["model_file"] = str(model_files[name])
+        if ev.onnx:
+            results[name]["onnx"] = _onnx_parity(model, out_dir / "onnx" / f"{name}.onnx", ev.efficiency_size)
+        results[name]["model"] = str(model_files[name])
         atomic_write_json(out_dir / f"{name}.json", results[name])
+        if ev.log_to_mlflow:
+            _log_to_training_run(params, model_files[name], out_dir, name)
     return results

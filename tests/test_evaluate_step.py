@@ -1,0 +1,51 @@
+"""The evaluate step: model files -> metrics beside the baselines, efficiency, ONNX parity, MLflow artifacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+import torch
+from pipeline_fixtures import tiny_params
+
+from dbdgan import steps
+from dbdgan.checkpoint import save_model_file
+from dbdgan.models import create_model
+
+
+@pytest.fixture()
+def prepared_with_models(tmp_path):
+    params = tiny_params(tmp_path)
+    steps.prepare(params)
+    mlflow.set_tracking_uri(params.register.tracking_uri)
+    run_id = mlflow.MlflowClient().create_run(
+        mlflow.MlflowClient().create_experiment("eval-test", artifact_location=(tmp_path / "art").as_uri())
+    ).info.run_id
+    torch.manual_seed(0)
+    for role, arch in (("teacher", "teacher_tiny"), ("student", "mobile_tiny")):
+        save_model_file(tmp_path / "models" / f"{role}.pt", arch, {}, create_model(arch), {"mlflow_run_id": run_id})
+    return params, run_id
+
+
+def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp_path, prepared_with_models):
+    params, run_id = prepared_with_models
+    results = steps.evaluate(params)
+    assert set(results) == {"teacher", "student", "baseline_all_blurred", "baseline_laplacian"}
+    metrics_dir = tmp_path / "metrics"
+    for role in ("teacher", "student"):
+        written = json.loads((metrics_dir / f"{role}.json").read_text())
+        assert 0.0 <= written["max_f"] <= 1.0 and 0.0 <= written["infocus_max_f"] <= 1.0
+        assert written["efficiency"]["params"] > 0
+        assert written["onnx"]["max_abs_diff"] < 1e-4
+        assert (metrics_dir / "onnx" / f"{role}.onnx").is_file()
+    blurred = json.loads((metrics_dir / "baseline_all_blurred.json").read_text())
+    with open(tmp_path / "data" / "prepared" / "manifest.csv", newline="") as handle:
+        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    in_focus = sum(1.0 - float(row["blur_fraction"]) for row in test_rows) / len(test_rows)
+    assert blurred["mae"] == pytest.approx(in_focus, abs=1e-3)  # an all-blurred map errs on every sharp pixel
+    for png in ("curves.png", "grid.png"):
+        assert (metrics_dir / "plots" / png).stat().st_size > 1000
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/teacher.json", "evaluation/student.json", "evaluation/grid.png"} <= logged
