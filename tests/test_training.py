@@ -136,3 +136,19 @@ def test_ddp_two_cpu_processes_train_end_to_end(tmp_path, prepared):
     assert state["epoch"] == 1
     assert not list((tmp_path / "checkpoints" / "teacher").glob("*.tmp"))
     shutil.rmtree(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.student=efficientunet_tiny", "model.discriminator=unet", "distill_student.adversarial_loss=ragan"],
+    ["model.student=mobile_tiny", "distill_student.adversarial_loss=hinge", "distill_student.consistency=l2",
+     "distill_student.content_loss=bce", "distill_student.optim.schedule=poly"],
+], ids=["efficientunet-unetD-ragan", "mobile-hinge-l2-poly"])
+def test_both_students_distil_with_each_option(tmp_path, prepared, overrides):
+    steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=1"]))
+    result = steps.distill_student(_params(tmp_path, prepared, overrides))
+    row = result["history"][0]
+    assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
+    arch = overrides[0].split("=")[1]
+    model = load_model_file(tmp_path / "models" / "student.pt")
+    assert read_model_file(tmp_path / "models" / "student.pt")["arch"] == arch
+    assert model(torch.rand(1, 3, 45, 71)).shape == (1, 1, 45, 71)
