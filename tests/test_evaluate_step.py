@@ -49,3 +49,27 @@ def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp
         assert (metrics_dir / "plots" / png).stat().st_size > 1000
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert {"evaluation/teacher.json", "evaluation/student.json", "evaluation/grid.png"} <= logged
+
+
+def test_evaluate_scores_a_raw_folder_with_inverted_polarity(tmp_path, prepared_with_models):
+    """A raw `folder` dataset whose masks paint in-focus white is normalised before scoring."""
+    import numpy as np
+    from PIL import Image
+
+    params, _ = prepared_with_models
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(raw / "images" / f"p{i}.png")
+        sharp_white = np.zeros((40, 56), np.uint8)
+        sharp_white[:, : 14 * (i + 1)] = 255  # in focus on the left
+        Image.fromarray(sharp_white).save(raw / "masks" / f"p{i}.png")
+    out = tmp_path / "raw_metrics"
+    results = steps.evaluate(params, models={"student": tmp_path / "models" / "student.pt"}, data_dir=raw,
+                             out_dir=out, layout="folder", polarity="sharp-white")
+    assert results["student"]["n_images"] == 4
+    blurred = json.loads((out / "baseline_all_blurred.json").read_text())
+    expected_in_focus = np.mean([14 * (i + 1) / 56 for i in range(4)])
+    assert blurred["mae"] == pytest.approx(expected_in_focus, abs=1e-3)

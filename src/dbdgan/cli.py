@@ -58,7 +58,7 @@ def _parse_models(values: list[str]) -> dict[str, str] | None:
 
 def _cmd_evaluate(params: Params, args: argparse.Namespace) -> Any:
     return steps.evaluate(params, models=_parse_models(args.model), data_dir=args.data, out_dir=args.out,
-                          split=args.split)
+                          split=args.split, layout=args.layout, polarity=args.polarity)
 
 
 def _cmd_register(params: Params, args: argparse.Namespace) -> Any:
@@ -145,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", _cmd_evaluate, "score model files on a prepared split; write metrics, plots, grid")
     p.add_argument("--data", help="prepared folder (default: data.prepared_dir)")
-    p.add_argument("--model", action="append", default=[], metavar="[NAME=]FILE",
-                   help="model file to score (repeatable; default: teacher and student of params)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]FILE_OR_URI",
+                   help="model file or MLflow URI such as models:/dbd-student@champion (repeatable; "
+                        "default: teacher and student of params)")
     p.add_argument("--split", choices=["train", "val", "test"])
+    p.add_argument("--layout", choices=["cuhk", "dut", "szu", "folder"],
+                   help="--data is a raw dataset of this layout (all of it is scored), not a prepared folder")
+    p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of a raw folder")
     p.add_argument("--out", help="output folder (default: evaluate.out_dir)")
 
     p = add("register", _cmd_register, "register teacher and student in the MLflow registry")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,30 @@ def distill_student(params: Params, teacher_path: str | Path | None = None, data
 
 
 def evaluate(params: Params, models: dict[str, str | Path] | None = None, data_dir: str | Path | None = None,
-             out_dir: str | Path | None = None, split: str | None = None) -> dict[str, dict[str, Any]]:
-    """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a prepared split."""
+             out_dir: str | Path | None = None, split: str | None = None, layout: str | None = None,
+             polarity: str | None = None) -> dict[str, dict[str, Any]]:
+    """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a prepared split.
+
+    With `layout` (cuhk, dut, szu, folder), `data_dir` is a raw dataset folder: it is read through the same
+    readers as `prepare` (polarity normalised) into a temporary folder and every image is scored.
+    """
     from dbdgan.evaluation.report import evaluate_files
 
     ev = params.evaluate
-    models = models or {"teacher": params.train_teacher.out, "student": params.distill_student.out}
-    return evaluate_files(dict(models),
-                          Path(data_dir or params.data.prepared_dir), Path(out_dir or ev.out_dir),
-                          split=split or ev.split, params=params)
+    models = dict(models or {"teacher": params.train_teacher.out, "student": params.distill_student.out})
+    out = Path(out_dir or ev.out_dir)
+    if layout is None:
+        return evaluate_files(models, Path(data_dir or params.data.prepared_dir), out, split=split or ev.split,
+                              params=params)
+    if data_dir is None:
+        raise ValueError("evaluate with a layout needs --data pointing at the raw dataset folder")
+    from dbdgan.data.prepare import prepare_dataset
+
+    with tempfile.TemporaryDirectory(prefix="dbdgan-eval-") as tmp:
+        prepared = Path(tmp) / "prepared"
+        prepare_dataset(layout, prepared, input_dir=Path(data_dir), polarity=polarity, seed=params.seed,
+                        split={"test": 1.0}, synthetic=None, max_pixels=params.data.max_pixels)
+        return evaluate_files(models, prepared, out, split="test", params=params)
 
 
 def register(params: Params, metrics_dir: str | Path | None = None, out_path: str | Path | None = None,
