@@ -82,7 +82,7 @@ class OptimParams(_Section):
     poly_power: float = Field(0.9, gt=0.0)
 
 
-class _TrainingParams(_Section):
+class TrainingParams(_Section):
     """What teacher training and distillation share: schedule, data loading, content and adversarial terms."""
 
     epochs: int = Field(8, ge=1)
@@ -98,12 +98,12 @@ class _TrainingParams(_Section):
     amp: bool = True  # CUDA only
 
 
-class TrainTeacherParams(_TrainingParams):
+class TrainTeacherParams(TrainingParams):
     checkpoint_dir: str = "checkpoints/teacher"
     out: str = "models/teacher.pt"
 
 
-class DistillParams(_TrainingParams):
+class DistillParams(TrainingParams):
     consistency: Literal["l1", "l2"] = "l1"
     feature_strides: list[int] = [4, 8]
     w_consistency: float = Field(1.0, ge=0.0)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dbdgan.checkpoint import load_training_state, read_model_file, save_model_file, save_training_state
-from dbdgan.config import OptimParams, Params
+from dbdgan.config import OptimParams, Params, TrainingParams
 from dbdgan.data.dataset import DBDDataset
 from dbdgan.evaluation.metrics import MAE, FBetaCurve
 from dbdgan.io_utils import atomic_torch_save
@@ -90,6 +90,13 @@ def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, nu
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=num_workers, drop_last=train and len(dataset) >= batch_size,
                       generator=generator, pin_memory=runtime.use_cuda, persistent_workers=False)
+
+
+def make_loaders(data_dir: str | Path, cfg: TrainingParams, seed: int,
+                 runtime: Runtime) -> tuple[DataLoader, DataLoader]:
+    """The augmented train loader and the plain validation loader of a training stage."""
+    return (make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=True),
+            make_loader(data_dir, "val", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=False))
 
 
 def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:

@@ -21,7 +21,7 @@ from dbdgan.training.engine import (
     file_sha256,
     fingerprint,
     fit,
-    make_loader,
+    make_loaders,
 )
 from dbdgan.training.runtime import init_runtime, seed_everything, shutdown
 from dbdgan.training.teacher import _unwrap, _wrap, adversarial_term, build_discriminator, update_discriminator
@@ -72,10 +72,7 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
         distill = DistillStudent(student, teacher.feature_channels, strides)
         d2, d3 = build_discriminator(params), build_discriminator(params)
         distill_ddp, d2_ddp, d3_ddp = (_wrap(m, runtime) for m in (distill, d2, d3))
-        train_loader = make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
-                                   runtime, train=True)
-        val_loader = make_loader(data_dir, "val", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
-                                 runtime, train=False)
+        train_loader, val_loader = make_loaders(data_dir, cfg, params.seed, runtime)
         opt_s = build_optimizer(distill.parameters(), cfg.optim.lr, cfg.optim)
         opt_d2 = build_optimizer(d2.parameters(), cfg.optim.lr_d, cfg.optim)
         opt_d3 = build_optimizer(d3.parameters(), cfg.optim.lr_d, cfg.optim)

@@ -22,7 +22,7 @@ from dbdgan.training.engine import (
     file_sha256,
     fingerprint,
     fit,
-    make_loader,
+    make_loaders,
     set_requires_grad,
 )
 from dbdgan.training.runtime import Runtime, init_runtime, seed_everything, shutdown
@@ -91,10 +91,7 @@ def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: 
             init_weights_from(teacher, params.model.teacher, cfg.init_from)
         disc = build_discriminator(params)
         teacher_ddp, disc_ddp = _wrap(teacher, runtime), _wrap(disc, runtime)
-        train_loader = make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
-                                   runtime, train=True)
-        val_loader = make_loader(data_dir, "val", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
-                                 runtime, train=False)
+        train_loader, val_loader = make_loaders(data_dir, cfg, params.seed, runtime)
         opt_g = build_optimizer(teacher.parameters(), cfg.optim.lr, cfg.optim)
         opt_d = build_optimizer(disc.parameters(), cfg.optim.lr_d, cfg.optim)
         total_steps = cfg.epochs * len(train_loader)
