@@ -31,8 +31,13 @@ def prepared_with_models(tmp_path):
 
 def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp_path, prepared_with_models):
     params, run_id = prepared_with_models
+    params.evaluate.int8 = True
     results = steps.evaluate(params)
-    assert set(results) == {"teacher", "student", "baseline_all_blurred", "baseline_laplacian"}
+    assert set(results) == {"teacher", "student", "teacher_int8", "student_int8", "baseline_all_blurred",
+                            "baseline_laplacian"}
+    delta = results["student"]["int8_delta"]
+    assert delta["max_f"] == pytest.approx(results["student_int8"]["max_f"] - results["student"]["max_f"])
+    assert abs(delta["mae"]) < 0.2
     metrics_dir = tmp_path / "metrics"
     for role in ("teacher", "student"):
         written = json.loads((metrics_dir / f"{role}.json").read_text())

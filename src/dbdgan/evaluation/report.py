@@ -13,7 +13,7 @@ from dbdgan.config import Params
 from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
 from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models
-from dbdgan.evaluation.onnx_export import check_onnx, export_onnx
+from dbdgan.evaluation.onnx_export import OnnxModel, check_onnx, export_onnx, quantize_onnx
 from dbdgan.io_utils import atomic_write_json
 from dbdgan.predict import is_model_uri, load_predictor
 from dbdgan.tracking import configure, tracking_uri
@@ -30,6 +30,16 @@ def _onnx_parity(model: nn.Module, path: Path, size: int) -> dict[str, float]:
     export_onnx(model, path)
     sample = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     return {"file": str(path), **check_onnx(model, path, sample)}
+
+
+def _int8_models(models: dict[str, nn.Module], out_dir: Path) -> dict[str, nn.Module]:
+    """Dynamically quantised int8 ONNX copies, scored beside the float models to show what int8 costs."""
+    onnx_dir = out_dir / "onnx"
+    quantised = {}
+    for name, model in models.items():
+        float_path = export_onnx(model, onnx_dir / f"{name}.onnx")
+        quantised[f"{name}_int8"] = OnnxModel(quantize_onnx(float_path, onnx_dir / f"{name}.int8.onnx"))
+    return quantised
 
 
 def _log_to_training_run(params: Params, source: str | Path, out_dir: Path, name: str) -> None:
@@ -62,9 +72,10 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
     loaded = {name: load_predictor(source, tracking_uri(params.register)) for name, source in model_files.items()}
     models: dict[str, nn.Module] = {name: item.model for name, item in loaded.items()}
     baselines = {name: cls() for name, cls in BASELINES.items()}
+    quantised = _int8_models(models, out_dir) if ev.int8 else {}
     # Networks see images at the size they were trained on; the baselines work at native resolution.
-    sizes = {name: ev.input_size for name in models}
-    results = evaluate_models({**models, **baselines}, data_dir, split, out_dir, beta2=ev.beta2,
+    sizes = {name: ev.input_size for name in [*models, *quantised]}
+    results = evaluate_models({**models, **quantised, **baselines}, data_dir, split, out_dir, beta2=ev.beta2,
                               adaptive_factor=ev.adaptive_factor, thresholds=ev.thresholds,
                               grid_samples=ev.grid_samples, flip_tta=ev.flip_tta, input_size=sizes,
                               max_pixels=params.data.max_pixels)
@@ -74,6 +85,9 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
         if ev.onnx:
             results[name]["onnx"] = _onnx_parity(model, out_dir / "onnx" / f"{name}.onnx", ev.efficiency_size)
         results[name]["model"] = str(model_files[name])
+        if f"{name}_int8" in results:
+            results[name]["int8_delta"] = {key: results[f"{name}_int8"][key] - results[name][key]
+                                           for key in ("max_f", "mae", "infocus_max_f")}
         atomic_write_json(out_dir / f"{name}.json", results[name])
         if ev.log_to_mlflow:
             _log_to_training_run(params, model_files[name], out_dir, name)
