@@ -89,7 +89,9 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
              f"  models:       {params.train_teacher.out}, {params.distill_student.out}"]
     if registered.is_file():
         for role, entry in json.loads(registered.read_text()).items():
-            lines.append(f"  registered:   {role}: {entry['model_uri']} (alias challenger)")
+            gate = entry.get("gate", {}).get("result")
+            verdict = f"; gate: {gate}" if gate else ""
+            lines.append(f"  registered:   {role}: {entry['model_uri']} (alias challenger{verdict})")
     uri = tracking_uri(params.register)
     lines.append(f"  MLflow UI:    mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000")
     print("\n".join(lines))
