@@ -20,7 +20,9 @@ def evaluate_models(params_yaml: str, overrides: list, dataset: Input[Dataset], 
     from components import _runtime as rt
     from dbdgan import steps
 
-    params = rt.load_params(params_yaml, overrides)
+    # Here the scores reach MLflow through the register step (metrics on the training run) and the KFP UI;
+    # this component has no tracking settings of its own.
+    params = rt.load_params(params_yaml, overrides, {"evaluate.log_to_mlflow": False})
     results = steps.evaluate(params, models={"teacher": teacher.path, "student": student.path},
                              data_dir=dataset.path, out_dir=scores.path)
     tables = {name: rt.scalars(values) for name, values in results.items()}

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_bad_inputs_are_skipped_with_a_clear_message_each(tmp_path, model_file, 
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + random.Random(0).randbytes(200))
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     huge = save(tmp_path / "huge.png", Image.new("RGB", (120, 100)))

@@ -46,7 +46,7 @@ def open_image(
     except UnidentifiedImageError as exc:
         raise ImageError(path, "not a readable image (unknown or corrupt format)") from exc
     except OSError as exc:
-        raise ImageError(path, f"cannot open image ({exc})") from exc
+        raise ImageError(path, f"not a readable image ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
         image.close()
