@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import cuhk_subset
 from torch.utils.data import DataLoader
 
 from dbdgan.data.dataset import DBDDataset
@@ -51,17 +52,6 @@ def pipeline_defaults() -> dict[str, Any]:
     except Exception as exc:  # the benchmark must still run on a checkout without a valid params.yaml
         print(f"params.yaml not usable ({exc}); using built-in defaults", file=sys.stderr)
         return {"size": 96, "batch": 8, "workers": 0, "student": "mobile_tiny"}
-
-
-def cuhk_subset(source: Path, target: Path, count: int) -> Path:
-    """Symlink the first `count` CUHK pairs: enough for a throughput number, quick to prepare."""
-    (target / "images").mkdir(parents=True)
-    (target / "masks").mkdir()
-    for image in sorted((source / "images").iterdir())[:count]:
-        (target / "images" / image.name).symlink_to(image)
-        mask = source / "masks" / f"{image.stem}.png"
-        (target / "masks" / mask.name).symlink_to(mask)
-    return target
 
 
 def loader_rate(data_dir: Path, size: int, batch: int, workers: int, batches: int) -> dict[str, float]:

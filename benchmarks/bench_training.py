@@ -35,6 +35,7 @@ from common import (
     SHARED_CUHK,
     add_common_args,
     apply_runtime_env,
+    cuhk_subset,
     finish,
     machine_info,
     markdown_table,
@@ -178,17 +179,6 @@ def loader_rate(data_dir: Path, params: Any, batches: int) -> dict[str, Any]:
         "images_per_s": images / (time.perf_counter() - start),
         "first_batch_s": statistics.median(firsts),
     }
-
-
-def cuhk_subset(source: Path, target: Path, count: int) -> Path:
-    """Symlink the first `count` CUHK pairs (sorted by name): a quick-to-prepare stand-in for the set."""
-    (target / "images").mkdir(parents=True)
-    (target / "masks").mkdir()
-    for image in sorted((source / "images").iterdir())[:count]:
-        (target / "images" / image.name).symlink_to(image)
-        mask = source / "masks" / f"{image.stem}.png"
-        (target / "masks" / mask.name).symlink_to(mask)
-    return target
 
 
 def prepare_sets(name: str, params: Any, scratch: Path, args: argparse.Namespace) -> dict[str, Path]:

@@ -174,3 +174,14 @@ def finish(
     atomic_write_text(out_dir / f"{name}.md", text)
     print(text)
     print(f"wrote {out_dir / f'{name}.json'} and {out_dir / f'{name}.md'}")
+
+
+def cuhk_subset(source: Path, target: Path, count: int) -> Path:
+    """Symlink the first `count` CUHK pairs (sorted by name): a quick-to-prepare stand-in for the set."""
+    (target / "images").mkdir(parents=True)
+    (target / "masks").mkdir()
+    for image in sorted((source / "images").iterdir())[:count]:
+        (target / "images" / image.name).symlink_to(image)
+        mask = source / "masks" / f"{image.stem}.png"
+        (target / "masks" / mask.name).symlink_to(mask)
+    return target

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_CUHK = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-dbd"
 
@@ -90,3 +91,13 @@ def s3_server(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return _moto_endpoint
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread() -> Iterator[None]:
+    """Seeded, single-threaded: tiny tensors gain nothing from threads and a shared CPU makes them thrash."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

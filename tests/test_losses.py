@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,16 +22,6 @@ LN2 = math.log(2.0)
 
 def _t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seeded, single-threaded: tiny tensors gain nothing from threads and a shared CPU makes them thrash."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_content_bce_and_dice_values() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,16 +20,6 @@ from dbdgan.models import (
 from dbdgan.models.blocks import DenseASPP, SelfAttention2d, crop_to, pad_to_multiple
 
 TINY = ["teacher_tiny", "mobile_tiny", "efficientunet_tiny"]
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seeded, single-threaded: tiny tensors gain nothing from threads and a shared CPU makes them thrash."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_registry_lists_every_preset() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ BASELINES: dict[str, type[nn.Module]] = {"baseline_all_blurred": AllBlurred, "ba
 
 
 def _onnx_parity(model: nn.Module, path: Path, size: int) -> dict[str, float]:
-    """Export with dynamic H/W and compare onnxruntime with PyTorch on one seeded input."""
+    """Export with dynamic H/W (unless this evaluation already did) and compare onnxruntime with PyTorch."""
     import torch
 
-    export_onnx(model, path)
+    if not path.is_file():
+        export_onnx(model, path)
     sample = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     return {"file": str(path), **check_onnx(model, path, sample)}
 
@@ -72,6 +74,9 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
     loaded = {name: load_predictor(source, tracking_uri(params.register)) for name, source in model_files.items()}
     models: dict[str, nn.Module] = {name: item.model for name, item in loaded.items()}
     baselines = {name: cls() for name, cls in BASELINES.items()}
+    if ev.int8 or ev.onnx:
+        # Stale files from an earlier evaluation must not stand in for this one's export.
+        shutil.rmtree(out_dir / "onnx", ignore_errors=True)
     quantised = _int8_models(models, out_dir) if ev.int8 else {}
     # Networks see images at the size they were trained on; the baselines work at native resolution.
     sizes = {name: ev.input_size for name in [*models, *quantised]}
