@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: install install-test run test lint train-real clean
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
-# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [EXTRA="--set key=value ..."]`. Outputs go under runs/real/, models to the MLflow registry.
+# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [EXTRA="--set key=value ..."]`. Outputs go under runs/real/ (runs/real-pretrained/), models to the MLflow registry.
 DATA ?= ../shared/data/cuhk-dbd
 LAYOUT ?= cuhk
 POLARITY ?=
@@ -22,8 +22,7 @@ PROFILE ?= profiles/cuhk-cpu.yaml
 PRETRAIN ?= 0
 REAL_ARGS = --params params.yaml --params $(PROFILE) --set data.source=$(LAYOUT) --set data.input=$(abspath $(DATA)) \
 	$(if $(POLARITY),--set data.polarity=$(POLARITY)) \
-	$(if $(filter 1,$(PRETRAIN)),--set train_teacher.init_from=runs/pretrain/models/teacher.pt \
-	--set distill_student.init_from=runs/pretrain/models/student.pt) $(EXTRA)
+	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml) $(EXTRA)
 PRETRAIN_ARGS = --params params.yaml --params profiles/synthetic-pretrain.yaml
 
 $(BIN)/python:

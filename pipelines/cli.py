@@ -32,6 +32,10 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", action="append", default=None, metavar="FILE",
                         help="params file (default: params.yaml); repeat to overlay a profile on it. The "
                              "merged, validated params become the default of the params_yaml parameter")
+    parser.add_argument("--pretrain-params", action="append", default=None, metavar="FILE",
+                        help="add synthetic pre-training: its params files (repeat to overlay), e.g. "
+                             "--pretrain-params params.yaml --pretrain-params profiles/synthetic-pretrain.yaml; "
+                             "the real teacher and student then start from the pre-trained ones")
     parser.add_argument("--image", help="component image (default: $DBDGAN_IMAGE or the built-in tag)")
 
 
@@ -130,7 +134,9 @@ def _cluster(args: argparse.Namespace) -> Any:
 def _pipeline(args: argparse.Namespace, cluster: Any) -> Any:
     from pipelines.pipeline import build_pipeline
 
-    return build_pipeline(_params_text(args.params), cluster=cluster, image=args.image)
+    pretrain_text = _params_text(args.pretrain_params) if args.pretrain_params else ""
+    return build_pipeline(_params_text(args.params), cluster=cluster, image=args.image,
+                          pretrain_text=pretrain_text)
 
 
 def compile_pipeline(args: argparse.Namespace, out: Path, cluster: Any) -> Path:

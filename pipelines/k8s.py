@@ -75,9 +75,16 @@ class ClusterSettings:
     env: dict[str, str] = field(default_factory=lambda: dict(MLFLOW_CLIENT_ENV))
 
 
+PRETRAIN_PREFIX = "pretrain_"
+
+
 def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
-    """Attach the settings to each task, keyed by step name (see pipelines.pipeline)."""
-    for step, task in tasks.items():
+    """Attach the settings to each task, keyed by step name (see pipelines.pipeline).
+
+    A synthetic pre-training task (`pretrain_<step>`) gets the settings of <step>.
+    """
+    for name, task in tasks.items():
+        step = name.removeprefix(PRETRAIN_PREFIX)
         if settings.s3_secret:
             kubernetes.use_secret_as_env(task, settings.s3_secret, dict(settings.s3_secret_keys))
         if settings.mlflow_secret:

@@ -1,5 +1,7 @@
 """The dbdgan KFP pipeline: prepare, validate, train_teacher, distill_student, evaluate, [gate] register.
 
+Optionally (compile-time) preceded by synthetic pre-training, whose models initialise the two trainings.
+
 `build_pipeline` returns a fresh pipeline function; the same function is compiled for a cluster (with
 `ClusterSettings`) or run by `kfp.local` (without). Caching is on for the deterministic steps (prepare,
 validate, evaluate: same inputs, same outputs) and off for training (GPU kernels are not bitwise
@@ -17,7 +19,7 @@ from kfp.dsl.graph_component import GraphComponent
 
 from components.ops import ops
 from dbdgan.config import Params, params_from_dict
-from pipelines.k8s import ClusterSettings, apply
+from pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply
 
 PIPELINE_NAME = "dbdgan-train"
 STUDENT_MAE_METRIC = "student.mae"
@@ -31,17 +33,38 @@ def check_params(tree: dict[str, Any], source: str = "params_yaml") -> Params:
     return params_from_dict(copy.deepcopy(tree), probe, source=source)  # it sets overrides in nested dicts
 
 
+def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
+    """Pre-training params must build the same networks as the real run, or its weights cannot be loaded."""
+    pretrain = params_from_dict(copy.deepcopy(pretrain_tree), source="pretrain params")
+    for key in ("teacher", "teacher_kwargs", "student", "student_kwargs"):
+        mine, theirs = getattr(pretrain.model, key), getattr(params.model, key)
+        if mine != theirs:
+            raise ValueError(f"pretrain params: model.{key} is {mine!r} but the real run's is {theirs!r}; "
+                             "pre-training must train the same networks")
+    if pretrain.data.source != "synthetic":
+        raise ValueError(f"pretrain params: data.source must be 'synthetic', got {pretrain.data.source!r}")
+    return pretrain
+
+
 def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
-                   image: str | None = None) -> GraphComponent:
+                   image: str | None = None, pretrain_text: str = "") -> GraphComponent:
     """The pipeline with `params_text` (params.yaml content) as the default of its params_yaml parameter.
 
     The text is validated here, so a broken params.yaml fails at compile time, not in a pod. The default is
     stored as one line of JSON (valid YAML): the KFP compiler copies defaults into a comment header of the
     IR file, and a multi-line default would break that file.
+
+    pretrain_text (optional): params of a synthetic pre-training (e.g. params.yaml overlaid by
+    profiles/synthetic-pretrain.yaml). Then the graph first prepares synthetic data and trains teacher and
+    student on it, and the real teacher and student start from those weights. These params are fixed at
+    compile time; the pre-trained models are not registered.
     """
     tree: Any = (yaml.safe_load(params_text) if params_text.strip() else None) or {}
-    defaults = check_params(tree).register
+    params = check_params(tree)
+    defaults = params.register
     params_default = json.dumps(tree, separators=(",", ":"))
+    pretrain_tree: Any = (yaml.safe_load(pretrain_text) if pretrain_text.strip() else None) or {}
+    pretrain = check_pretrain(pretrain_tree, params) if pretrain_tree else None
     op = ops(image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, gate, registry")
@@ -70,10 +93,27 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         validate = op.validate_data(**common, reports_uri=reports_uri,
                                     dataset=prepare.outputs["dataset"]).set_display_name("validate data")
         tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment}
-        teacher = op.train_teacher(**common, **tracking,
+        tasks: dict[str, Any] = {}
+        init: dict[str, dict[str, Any]] = {"teacher": {}, "student": {}}
+        if pretrain is not None:
+            pre = {"params_yaml": json.dumps(pretrain_tree, separators=(",", ":")), "overrides": []}
+            pre_tracking = {"mlflow_tracking_uri": mlflow_tracking_uri,
+                            "experiment": pretrain.register.experiment}
+            pre_data = op.prepare_data(**pre, data_uri="").set_display_name("prepare synthetic data")
+            pre_teacher = op.train_teacher(**pre, **pre_tracking, dataset=pre_data.outputs["dataset"])
+            pre_teacher.set_display_name("pre-train teacher (synthetic)")
+            pre_student = op.distill_student(**pre, **pre_tracking, dataset=pre_data.outputs["dataset"],
+                                             teacher=pre_teacher.outputs["teacher"])
+            pre_student.set_display_name("pre-train student (synthetic)")
+            tasks.update({f"{PRETRAIN_PREFIX}prepare_data": pre_data,
+                          f"{PRETRAIN_PREFIX}train_teacher": pre_teacher,
+                          f"{PRETRAIN_PREFIX}distill_student": pre_student})
+            init = {"teacher": {"init": pre_teacher.outputs["teacher"]},
+                    "student": {"init": pre_student.outputs["student"]}}
+        teacher = op.train_teacher(**common, **tracking, **init["teacher"],
                                    dataset=prepare.outputs["dataset"]).set_display_name("train teacher")
         teacher.after(validate)
-        student = op.distill_student(**common, **tracking,
+        student = op.distill_student(**common, **tracking, **init["student"],
                                      dataset=prepare.outputs["dataset"],
                                      teacher=teacher.outputs["teacher"]).set_display_name("distill student")
         evaluate = op.evaluate_models(**common, dataset=prepare.outputs["dataset"],
@@ -81,10 +121,10 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
                                       student=student.outputs["student"]).set_display_name("evaluate")
         mae = op.metric_value(metrics=evaluate.outputs["metrics"], name=STUDENT_MAE_METRIC)
         mae.set_display_name("student MAE")
-        tasks = {"prepare_data": prepare, "validate_data": validate, "train_teacher": teacher,
-                 "distill_student": student, "evaluate_models": evaluate, "metric_value": mae}
+        tasks.update({"prepare_data": prepare, "validate_data": validate, "train_teacher": teacher,
+                      "distill_student": student, "evaluate_models": evaluate, "metric_value": mae})
         for name, task in tasks.items():
-            task.set_caching_options(name not in ("train_teacher", "distill_student"))
+            task.set_caching_options(name.removeprefix(PRETRAIN_PREFIX) not in ("train_teacher", "distill_student"))
         with dsl.If(reports_uri != "", name="reports-enabled"):
             publish = op.publish_reports(reports_uri=reports_uri, run_id=run_id,
                                          validation=validate.outputs["report"],

@@ -221,3 +221,54 @@ def test_tracking_server_outage_fails_clearly_and_registers_nothing(env: dict[st
     runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
     assert {run.data.tags.get("dbdgan.stage") for run in runs} == {"train_teacher"}
     assert env["AWS_SECRET_ACCESS_KEY"] not in text
+
+
+def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(env: dict[str, str], tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """--pretrain-params: synthetic pre-training runs first, and the real trainings start from its models."""
+    import hashlib
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from dbdgan.checkpoint import read_model_file
+
+    pretrain: dict[str, Any] = {}
+    for override in [*TINY, "data.synthetic.num_images=16", "seed=1", "register.experiment=it-pretrain"]:
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        node = pretrain
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    pretrain_file = tmp_path / "pretrain.yaml"
+    pretrain_file.write_text(yaml.safe_dump(pretrain))
+
+    server_dir = tmp_path / "mlflow"
+    server_dir.mkdir()
+    root = tmp_path / "kfp"
+    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-pretrain", env) as server:
+        code = _run_local(root, server.uri, "--pretrain-params", str(REPO / "params.yaml"),
+                          "--pretrain-params", str(pretrain_file), "--student-name", "pt-student",
+                          "--teacher-name", "pt-teacher", "--mlflow-experiment", "it-real")
+        logs = capfd.readouterr()
+        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
+        client = MlflowClient(tracking_uri=server.uri)
+        assert client.get_model_version_by_alias("pt-student", "challenger").version == "1"
+        stages = {exp: {run.data.tags.get("dbdgan.stage") for run in
+                        client.search_runs([client.get_experiment_by_name(exp).experiment_id])}
+                  for exp in ("it-pretrain", "it-real")}
+    assert stages == {"it-pretrain": {"train_teacher", "distill_student"},
+                      "it-real": {"train_teacher", "distill_student"}}
+
+    def model(task: str, key: str) -> Path:
+        (path,) = root.glob(f"*/{task}/{key}")
+        return path
+
+    # creation order names the pre-training tasks first (train-teacher) and the real ones second
+    for key, pre, real in (("teacher", "train-teacher", "train-teacher-2"),
+                           ("student", "distill-student", "distill-student-2")):
+        pre_sha = hashlib.sha256(model(pre, key).read_bytes()).hexdigest()
+        assert read_model_file(model(real, key))["metadata"]["init_from_sha256"] == pre_sha
+        assert "init_from_sha256" not in read_model_file(model(pre, key))["metadata"]
+    assert len(list(root.glob("*/prepare-data-2/dataset/manifest.csv"))) == 1

@@ -175,6 +175,47 @@ def test_cli_compile_overlays_a_profile(tmp_path: Path) -> None:
     assert baked["data"]["input"] is None
 
 
+def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path) -> None:
+    """--pretrain-params adds pre-training on synthetic data whose models initialise the real trainings."""
+    out = tmp_path / "pretrain.yaml"
+    profile = ["--params", str(REPO / "params.yaml"), "--params", str(REPO / "profiles" / "cuhk-cpu.yaml")]
+    pretrain = ["--pretrain-params", str(REPO / "params.yaml"),
+                "--pretrain-params", str(REPO / "profiles" / "synthetic-pretrain.yaml")]
+    assert cli.main(["compile", *profile, *pretrain, "--out", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec, platform = docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    tasks = _all_tasks(spec)
+    # Task names follow creation order: the pre-training tasks come first (train-teacher), the real ones
+    # second (train-teacher-2); their display names tell them apart in the UI.
+    producer = {name: tasks[name]["inputs"]["artifacts"]["init"]["taskOutputArtifact"]
+                for name in ("train-teacher-2", "distill-student-2")}
+    assert producer == {"train-teacher-2": {"outputArtifactKey": "teacher", "producerTask": "train-teacher"},
+                        "distill-student-2": {"outputArtifactKey": "student", "producerTask": "distill-student"}}
+    assert tasks["train-teacher"]["taskInfo"]["name"] == "pre-train teacher (synthetic)"
+    assert tasks["train-teacher-2"]["taskInfo"]["name"] == "train teacher"
+    pre_data = tasks["train-teacher"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
+    baked = yaml.safe_load(tasks[pre_data]["inputs"]["parameters"]["params_yaml"]["runtimeValue"]["constant"])
+    assert baked["data"]["source"] == "synthetic" and baked["model"]["teacher"] == "teacher_small"
+    real_data = tasks["train-teacher-2"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
+    assert real_data != pre_data and "validate-data" in tasks["train-teacher-2"]["dependentTasks"]
+    evaluated = tasks["evaluate-models"]["inputs"]["artifacts"]["student"]["taskOutputArtifact"]
+    assert evaluated["producerTask"] == "distill-student-2"  # the fine-tuned student goes on, not the pre-trained
+    for name in ("train-teacher", "distill-student"):
+        assert tasks[name].get("cachingOptions", {}).get("enableCache", False) is False
+        assert "init" not in tasks[name]["inputs"].get("artifacts", {})
+        executor = spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]
+        assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]
+        assert platform[executor]["tolerations"]  # pre-training gets the GPU settings of its step
+    assert "init" in spec["components"]["comp-train-teacher"]["inputDefinitions"]["artifacts"]
+
+
+def test_pretraining_must_train_the_same_networks() -> None:
+    with pytest.raises(ValueError, match="model.teacher is 'teacher_small' but the real run's is 'teacher_tiny'"):
+        build_pipeline(PARAMS_TEXT, pretrain_text="model:\n  teacher: teacher_small\n")
+    with pytest.raises(ValueError, match="data.source must be 'synthetic'"):
+        build_pipeline(PARAMS_TEXT, pretrain_text="data:\n  source: cuhk\n  input: /x\n")
+
+
 def test_cli_reports_a_missing_params_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["compile", "--params", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p.yaml")]
     assert cli.main(args) == 1

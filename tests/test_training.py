@@ -74,6 +74,44 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch)
             assert torch.equal(tensor, b["modules"][name][key]), f"{name}.{key} differs after resume"
 
 
+def _parameters(path: Path) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in load_model_file(path).named_parameters()}
+
+
+def test_init_from_starts_both_trainings_from_pretrained_weights(tmp_path, prepared):
+    """The synthetic pre-training hand-over: with a negligible learning rate the result is the init model."""
+    pre = tmp_path / "pretrained"
+    steps.train_teacher(_params(pre, prepared, ["train_teacher.epochs=1"]))
+    steps.distill_student(_params(pre, prepared, ["distill_student.epochs=1"]))
+    tiny_lr = ["train_teacher.optim.lr=1e-12", "distill_student.optim.lr=1e-12"]
+    fine = tmp_path / "fine"
+    for stage, model in (("train_teacher", "teacher"), ("distill_student", "student")):
+        init = pre / "models" / f"{model}.pt"
+        params = _params(fine, prepared, [*tiny_lr, f"{stage}.epochs=1", f"{stage}.init_from={init}"])
+        getattr(steps, stage)(params)
+        out = fine / "models" / f"{model}.pt"
+        start, end = _parameters(init), _parameters(out)
+        assert start.keys() == end.keys()
+        for name, tensor in start.items():
+            assert torch.allclose(tensor, end[name], atol=1e-8), f"{model}.{name} did not start from {init}"
+        assert read_model_file(out)["metadata"]["init_from_sha256"] == engine.file_sha256(init)
+
+    scratch = tmp_path / "scratch"
+    steps.train_teacher(_params(scratch, prepared, [*tiny_lr, "train_teacher.epochs=1"]))
+    start, end = _parameters(pre / "models" / "teacher.pt"), _parameters(scratch / "models" / "teacher.pt")
+    assert any(not torch.allclose(start[name], end[name]) for name in start)  # the check above can fail
+    assert "init_from_sha256" not in read_model_file(scratch / "models" / "teacher.pt")["metadata"]
+
+
+def test_init_from_a_different_network_is_refused(tmp_path, prepared):
+    pre = tmp_path / "pretrained"
+    steps.train_teacher(_params(pre, prepared, ["train_teacher.epochs=1"]))
+    wrong = pre / "models" / "teacher.pt"
+    with pytest.raises(ValueError, match=r"init_from .*teacher\.pt holds a 'teacher_tiny' model"):
+        steps.distill_student(_params(tmp_path / "s", prepared, [f"distill_student.init_from={wrong}"]),
+                              teacher_path=wrong)
+
+
 def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, prepared, monkeypatch):
     params = _params(tmp_path, prepared, ["train_teacher.epochs=1"])
     steps.train_teacher(params)

@@ -66,6 +66,7 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
         teacher.requires_grad_(False)
         arch_kwargs = dict(params.model.student_kwargs)
         student = create_model(params.model.student, **arch_kwargs)
+        init_sha = file_sha256(cfg.init_from) if cfg.init_from else None
         if cfg.init_from:
             init_weights_from(student, params.model.student, cfg.init_from)
         strides = _feature_strides(cfg.feature_strides, student, teacher, cfg.w_feature)
@@ -121,8 +122,9 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_dir", "out"}),
                                         file_sha256(data_dir / "manifest.csv"), file_sha256(teacher_path),
-                                        runtime.world_size, file_sha256(cfg.init_from) if cfg.init_from else None),
-            extra_metadata={"teacher_sha256": file_sha256(teacher_path)},
+                                        runtime.world_size, init_sha),
+            extra_metadata={"teacher_sha256": file_sha256(teacher_path),
+                            **({"init_from_sha256": init_sha} if init_sha else {})},
         )
         return fit(job)
     finally:

@@ -87,6 +87,7 @@ def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: 
         seed_everything(params.seed, params.deterministic)
         arch_kwargs = dict(params.model.teacher_kwargs)
         teacher = create_model(params.model.teacher, **arch_kwargs)
+        init_sha = file_sha256(cfg.init_from) if cfg.init_from else None
         if cfg.init_from:
             init_weights_from(teacher, params.model.teacher, cfg.init_from)
         disc = build_discriminator(params)
@@ -124,7 +125,8 @@ def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: 
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_dir", "out"}),
                                         file_sha256(data_dir / "manifest.csv"), runtime.world_size,
-                                        file_sha256(cfg.init_from) if cfg.init_from else None),
+                                        init_sha),
+            extra_metadata={"init_from_sha256": init_sha} if init_sha else {},
         )
         return fit(job)
     finally:
