@@ -155,7 +155,7 @@ def loader_rate(data_dir: Path, params: Any, batches: int) -> dict[str, Any]:
 
     cfg = params.train_teacher
     loader = make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, params.seed,
-                         init_runtime("cpu"), train=True)
+                         init_runtime("cpu"), train=True, crop_scale=cfg.crop_scale)
     firsts = []
     for epoch in range(3):
         start_epoch(loader, params.seed, epoch)
@@ -225,7 +225,7 @@ def bench_profile(name: str, args: argparse.Namespace, scratch: Path) -> dict[st
         print(f"[{name}] note: teacher and student batch/size differ; both use the teacher's", flush=True)
     sets = prepare_sets(name, params, scratch, args)
     loader = make_loader(sets["synthetic"], "train", cfg.image_size, cfg.batch_size, 0, params.seed,
-                         runtime, train=True)
+                         runtime, train=True, crop_scale=cfg.crop_scale)
     batch = next(iter(loader))
 
     result: dict[str, Any] = {

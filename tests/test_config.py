@@ -1,10 +1,23 @@
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from dbdgan.config import ConfigError, load_params, params_from_dict, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _missing_keys(model: BaseModel, tree: dict, prefix: str = "") -> list[str]:
+    """Schema fields that the params file does not spell out (nested sections recursively)."""
+    missing = []
+    for name in type(model).model_fields:
+        if name not in tree:
+            missing.append(prefix + name)
+        elif isinstance(getattr(model, name), BaseModel) and isinstance(tree[name], dict):
+            missing += _missing_keys(getattr(model, name), tree[name], f"{prefix}{name}.")
+    return missing
 
 
 def test_repo_params_file_is_valid_and_complete():
@@ -12,6 +25,7 @@ def test_repo_params_file_is_valid_and_complete():
     assert params.data.source == "synthetic"
     assert params.evaluate.beta2 == pytest.approx(0.3)
     assert params.register.tracking_uri.startswith("sqlite:///")
+    assert _missing_keys(params, yaml.safe_load((REPO / "params.yaml").read_text())) == []  # every knob
 
 
 def test_overrides_parse_yaml_values():

@@ -74,6 +74,17 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch)
             assert torch.equal(tensor, b["modules"][name][key]), f"{name}.{key} differs after resume"
 
 
+def test_multi_scale_knobs_reach_the_loaders(tmp_path, prepared):
+    from dbdgan.training.runtime import init_runtime
+
+    params = _params(tmp_path, prepared, ["train_teacher.crop_scale=[0.2, 0.3]", "train_teacher.image_size=32",
+                                          "train_teacher.val_size=56"])
+    train, val = engine.make_loaders(prepared, params.train_teacher, 0, init_runtime("cpu"))
+    assert train.dataset.scale == (0.2, 0.3) and train.dataset.augment
+    assert next(iter(train))["image"].shape[-2:] == (32, 32)
+    assert next(iter(val))["image"].shape[-2:] == (56, 56)  # whole images at the validation size
+
+
 def _parameters(path: Path) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in load_model_file(path).named_parameters()}
 

@@ -88,6 +88,11 @@ class TrainingParams(_Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     image_size: int = Field(96, ge=16)
+    # Multi-scale training: each training sample is a random crop covering this fraction of the photo's area,
+    # resized to image_size. Small crops keep fine-scale defocus cues at a low step cost; then validate (and
+    # evaluate) whole images at a matching larger size: val_size ~ image_size / sqrt(mean crop fraction).
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    val_size: int | None = Field(None, ge=16)  # whole-image validation size (None: image_size)
     num_workers: int = Field(0, ge=0)
     optim: OptimParams = OptimParams()
     content_loss: Literal["bce", "bce_dice"] = "bce_dice"
@@ -96,6 +101,13 @@ class TrainingParams(_Section):
     w_adv: float = Field(0.01, ge=0.0)
     init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
     amp: bool = True  # CUDA only
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1 (area fraction), got {list(value)}")
+        return value
 
 
 class TrainTeacherParams(TrainingParams):

@@ -77,9 +77,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimParams,
 
 
 def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, num_workers: int, seed: int,
-                runtime: Runtime, train: bool) -> DataLoader:
+                runtime: Runtime, train: bool, *, crop_scale: tuple[float, float]) -> DataLoader:
     """Shuffling is seeded per epoch (see `start_epoch`), so a resumed run sees the same batches."""
-    dataset = DBDDataset(Path(data_dir), split, size=size, augment=train, seed=seed)
+    dataset = DBDDataset(Path(data_dir), split, size=size, augment=train, seed=seed, scale=crop_scale)
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {data_dir} is empty")
     sampler = None
@@ -95,8 +95,10 @@ def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, nu
 def make_loaders(data_dir: str | Path, cfg: TrainingParams, seed: int,
                  runtime: Runtime) -> tuple[DataLoader, DataLoader]:
     """The augmented train loader and the plain validation loader of a training stage."""
-    return (make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=True),
-            make_loader(data_dir, "val", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=False))
+    return (make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=True,
+                        crop_scale=cfg.crop_scale),
+            make_loader(data_dir, "val", cfg.val_size or cfg.image_size, cfg.batch_size, cfg.num_workers, seed,
+                        runtime, train=False, crop_scale=cfg.crop_scale))
 
 
 def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
