@@ -6,23 +6,23 @@ from components.factory import component
 
 
 @component
-def evaluate_models(params_yaml: str, overrides: list, dataset: Input[Dataset], teacher: Input[Model],
-                    student: Input[Model], metrics: Output[Metrics], scores: Output[Artifact],
-                    report: Output[HTML]) -> float:
+def evaluate_models(params_yaml: str, overrides: list, mlflow_tracking_uri: str, dataset: Input[Dataset],
+                    teacher: Input[Model], student: Input[Model], metrics: Output[Metrics],
+                    scores: Output[Artifact], report: Output[HTML]) -> float:
     """Accuracy + efficiency of both models and the baselines (dbdgan.steps.evaluate).
 
     `scores` holds <model>.json, curves and the qualitative grid; `metrics` shows every scalar as
-    `<model>.<metric>`. Returns the student's max-F (the first promotion gate): kfp.local resolves a
-    task's single return value in a dsl.If, but not named outputs.
+    `<model>.<metric>`; with evaluate.log_to_mlflow they are also attached to each model's training run.
+    Returns the student's max-F (the first promotion gate): kfp.local resolves a task's single return value
+    in a dsl.If, but not named outputs.
     """
     from pathlib import Path
 
     from components import _runtime as rt
     from dbdgan import steps
 
-    # Here the scores reach MLflow through the register step (metrics on the training run) and the KFP UI;
-    # this component has no tracking settings of its own.
-    params = rt.load_params(params_yaml, overrides, {"evaluate.log_to_mlflow": False})
+    rt.use_tracking(mlflow_tracking_uri)
+    params = rt.load_params(params_yaml, overrides)
     results = steps.evaluate(params, models={"teacher": teacher.path, "student": student.path},
                              data_dir=dataset.path, out_dir=scores.path)
     tables = {name: rt.scalars(values) for name, values in results.items()}

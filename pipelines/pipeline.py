@@ -116,7 +116,8 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         student = op.distill_student(**common, **tracking, **init["student"],
                                      dataset=prepare.outputs["dataset"],
                                      teacher=teacher.outputs["teacher"]).set_display_name("distill student")
-        evaluate = op.evaluate_models(**common, dataset=prepare.outputs["dataset"],
+        evaluate = op.evaluate_models(**common, mlflow_tracking_uri=mlflow_tracking_uri,
+                                      dataset=prepare.outputs["dataset"],
                                       teacher=teacher.outputs["teacher"],
                                       student=student.outputs["student"]).set_display_name("evaluate")
         mae = op.metric_value(metrics=evaluate.outputs["metrics"], name=STUDENT_MAE_METRIC)

@@ -112,6 +112,10 @@ def test_pipeline_registers_the_student_and_leaks_no_secret(
         runs = client.search_runs([client.get_experiment_by_name("it").experiment_id])
         run_params = {k: v for run in runs for k, v in run.data.params.items()}
         assert run_params.get("model.student") == "mobile_tiny"  # the overrides reached the steps
+        for run in runs:  # the evaluate step attached its scores and plots to both training runs
+            attached = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+            role = run.data.tags["dbdgan.stage"].split("_")[-1]
+            assert {f"evaluation/{role}.json", "evaluation/curves.png"} <= attached, (role, attached)
         model_prefix = _bucket_prefix(client, student.source)
 
     # the student's MLflow artifacts live in the bucket (proxied by the server to s3://BUCKET/mlflow)
