@@ -123,3 +123,16 @@ def test_errors(synthetic_dir: Path, tmp_path: Path) -> None:
     prepare_dataset("synthetic", single, synthetic={"num_images": 2, "size": 32}, split={"train": 0.5, "val": 0.5})
     with pytest.raises(ValueError, match=r"no 'test' rows \(splits present: \['train', 'val'\]\)"):
         DBDDataset(single, "test", size=32, augment=False)
+
+
+def test_crops_keep_the_photos_aspect_within_ratio(aligned_dir: Path) -> None:
+    """Crops of a 3:2 photo are about 3:2 (times `ratio`), so they are squashed to the square input as the
+    whole photo is at evaluation; their area is the `scale` fraction of the photo's."""
+    dataset = DBDDataset(aligned_dir, "train", size=32, augment=True, scale=(0.25, 0.25), ratio=(0.9, 1.1))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        left, top, right, bottom = dataset._crop_box(rng, 270, 180)
+        width, height = right - left, bottom - top
+        assert 1.5 * 0.9 - 1e-6 <= width / height <= 1.5 * 1.1 + 1e-6
+        assert width * height == pytest.approx(0.25 * 270 * 180)
+        assert left >= 0 and top >= 0 and right <= 270 and bottom <= 180

@@ -104,9 +104,13 @@ class DBDDataset(Dataset):
         return image, mask, (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor), box
 
     def _crop_box(self, rng: np.random.Generator, width: int, height: int) -> Box:
-        """Random crop (area fraction in `scale`, aspect in `ratio`), as a float box for PIL's resize."""
+        """Random crop (area fraction in `scale`, aspect in `ratio` times the photo's), as a float box for PIL.
+
+        The aspect is relative to the photo's so that a crop is squashed to the square input as the whole
+        photo is at validation and evaluation: small crops (multi-scale training) keep that distortion too.
+        """
         area = width * height * rng.uniform(*self.scale)
-        aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        aspect = width / height * math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
         crop_w = min(width, math.sqrt(area * aspect))
         crop_h = min(height, math.sqrt(area / aspect))
         left = rng.uniform(0, width - crop_w)
