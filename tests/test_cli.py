@@ -57,3 +57,19 @@ def test_export_onnx_command_round_trips(capsys, tmp_path):
     result = json.loads(capsys.readouterr().out)
     assert result["max_abs_diff"] < 1e-4
     assert (tmp_path / "student.onnx").is_file()
+
+
+def test_results_names_the_run_and_its_registered_models(capsys, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registered = tmp_path / "registered.json"
+    registered.write_text(json.dumps({"student": {"model_uri": "models:/dbd-student-cuhk/3",
+                                                  "gate": {"result": "promoted"}}}))
+    code = main(["results", "--params", str(REPO / "params.yaml"), "--params", str(REPO / "profiles/cuhk-cpu.yaml"),
+                 "--set", "data.input=/photos", "--set", f"register.out={registered}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Results (teacher_small -> mobile_small on cuhk data, val split):")
+    assert "runs/real/metrics/student.json" in out
+    assert "student: models:/dbd-student-cuhk/3 (alias challenger; gate: promoted)" in out

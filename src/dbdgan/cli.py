@@ -83,7 +83,8 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
 
     metrics_dir = Path(params.evaluate.out_dir)
     registered = Path(params.register.out)
-    lines = ["Results of the default pipeline:",
+    lines = [f"Results ({params.model.teacher} -> {params.model.student} on {params.data.source} data, "
+             f"{params.evaluate.split} split):",
              f"  metrics:      {metrics_dir}/teacher.json, {metrics_dir}/student.json  (dvc metrics show)",
              f"  plots:        {metrics_dir}/plots/curves.png, {metrics_dir}/plots/grid.png  (dvc plots show)",
              f"  models:       {params.train_teacher.out}, {params.distill_student.out}"]
