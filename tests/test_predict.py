@@ -163,3 +163,16 @@ def test_cli_predict_exit_status_says_whether_anything_failed(tmp_path, model_fi
     assert printed["written"] == 1 and printed["input_size"] == "native"
     with pytest.raises(SystemExit):
         _parser().parse_args(["predict", str(good), "-o", "x", "--input-size", "tiny"])
+
+
+def test_cli_predict_uses_the_size_stored_in_a_model_file(tmp_path):
+    """Training stores the whole-image size it validated at; `auto` predicts at that size."""
+    stored = tmp_path / "sized.pt"
+    save_model_file(stored, "mobile_tiny", {}, create_model("mobile_tiny"), {"input_size": 40})
+    good = save(tmp_path / "good.png", Image.fromarray(photo(30, 50)))
+    args = _parser().parse_args(["predict", str(good), "--model", str(stored), "-o", str(tmp_path / "o"),
+                                 "--no-progress"])
+    params = load_params(args.params)
+    assert params.evaluate.input_size != 40
+    result = args.handler(params, args)
+    assert result["written"] == 1 and result["input_size"] == 40

@@ -42,6 +42,7 @@ def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
         assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if k.startswith("loss_"))
     payload = read_model_file(tmp_path / "models" / "teacher.pt")
     assert payload["metadata"]["val_max_f"] == pytest.approx(result["best_val_max_f"])
+    assert payload["metadata"]["input_size"] == 48  # validated on whole images at image_size (no val_size)
     assert payload["metadata"]["mlflow_run_id"]
     model = load_model_file(tmp_path / "models" / "teacher.pt")
     assert model(torch.rand(1, 3, 37, 53)).shape == (1, 1, 37, 53)

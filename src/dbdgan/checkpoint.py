@@ -37,9 +37,13 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the network named in the file and load its weights strictly; returned in eval mode."""
+    return model_from_payload(read_model_file(path), path, device)
+
+
+def model_from_payload(payload: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of an already read model file (`path` only names it in errors)."""
     from dbdgan.models import create_model
 
-    payload = read_model_file(path)
     kwargs = {k: v for k, v in payload["arch_kwargs"].items() if k != "pretrained"}
     model = create_model(payload["arch"], **kwargs)
     try:

@@ -43,16 +43,16 @@ def _use_store(params: Params) -> str:
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
     """Run; print the summary; raise PredictionFailed (exit 1) when any input failed."""
-    from dbdgan.predict import PredictionFailed, is_model_uri, predict_paths
+    from dbdgan.predict import PredictionFailed, is_model_uri, load_predictor, predict_paths
 
     model = args.model or f"models:/{params.register.student_name}@champion"
-    input_size = args.input_size
-    if input_size == "auto" and not is_model_uri(model):
-        input_size = params.evaluate.input_size  # a bare file carries no size: use the evaluated one
     if is_model_uri(model):
         _use_store(params)
-    summary = predict_paths(args.paths, model, args.out, batch_size=args.batch_size,
-                            max_pixels=args.max_pixels or params.data.max_pixels, input_size=input_size,
+    loaded = load_predictor(model)
+    if loaded.input_size is None and not is_model_uri(model):
+        loaded.input_size = params.evaluate.input_size  # a file from before sizes were stored in it
+    summary = predict_paths(args.paths, loaded, args.out, batch_size=args.batch_size,
+                            max_pixels=args.max_pixels or params.data.max_pixels, input_size=args.input_size,
                             progress=not args.no_progress)
     if summary["failed"]:
         print(json.dumps(summary, indent=2, default=str))
@@ -84,7 +84,8 @@ def add_commands(add: AddCommand) -> None:
     p.add_argument("--max-pixels", type=int, help="skip larger images (default: data.max_pixels)")
     p.add_argument("--input-size", type=_input_size, default="auto",
                    help="network input size: an integer, 'native', or 'auto' (default: the size stored "
-                        "with a registered model, evaluate.input_size for a local file)")
+                        "with the model: evaluate.input_size when registered, the training validation size "
+                        "in a model file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("promote", cmd_promote, "make a registered version champion by hand, or roll back")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from dbdgan.checkpoint import load_model_file
+from dbdgan.checkpoint import load_model_file, model_from_payload, read_model_file
 from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, ImageError, image_to_rgb, open_image
 from dbdgan.inference import predict_probability
 from dbdgan.io_utils import atomic_write_bytes
@@ -90,7 +90,10 @@ def load_predictor(model: str | Path, tracking_uri: str | None = None) -> Loaded
     """
     text = str(model)
     if not is_model_uri(text):
-        return LoadedModel(load_model_file(text), source=text)
+        payload = read_model_file(text)
+        size = payload["metadata"].get("input_size")  # the whole-image size it was validated at in training
+        return LoadedModel(model_from_payload(payload, text), source=text,
+                           input_size=tuple(size) if isinstance(size, list) else size)
     import mlflow
 
     if tracking_uri:
@@ -207,8 +210,9 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                   progress: bool = True) -> dict[str, Any]:
     """Write `<stem>_blur.png` (8-bit, 255 = blurred) and `<stem>_overlay.png` per image, at its resolution.
 
-    `input_size`: "auto" uses the size a registered model was stored with (native resolution for a local
-    file), None forces native resolution, an int resizes to that square for the network.
+    `input_size`: "auto" uses the size a registered model was stored with, or for a local file the size it
+    was validated at in training (native resolution for files without one); None forces native resolution,
+    an int resizes to that square for the network.
     Returns a summary; `summary["failed"]` lists every input that could not be processed, with the reason.
     """
     from tqdm import tqdm

@@ -231,8 +231,10 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                     raise NonFiniteLossError(f"weights of {job.arch} became non-finite in epoch {epoch + 1}")
                 if row["val_max_f"] > best:
                     best = row["val_max_f"]
+                    # input_size: the whole-image size it was validated at, which `dbdgan predict` then uses
                     save_model_file(best_path, job.arch, job.arch_kwargs, job.exported,
-                                    {"epoch": epoch + 1, **row, **job.extra_metadata})
+                                    {"epoch": epoch + 1, **row, "input_size": job.val_loader.dataset.size,
+                                     **job.extra_metadata})
                 save_training_state(job.checkpoint_dir / "last.pt", _training_state(job, epoch + 1, best, run_id))
             barrier(runtime)
         if runtime.is_main:
