@@ -62,10 +62,20 @@ def read_run(label: str, metrics_dir: Path) -> tuple[list[dict[str, Any]], list[
             "run": label, "model": name, **row,
             "n_images": data.get("n_images"), "split": settings.get("split"),
             "flip_tta": settings.get("flip_tta"), "input_size": settings.get("input_size"),
+            "input": _size_text(settings.get("input_size")),
             "latency_ms_b1": efficiency.get("latency_ms_b1"), "efficiency_size": efficiency.get("input_size"),
             "file": str(path),
         })
     return rows, absent
+
+
+def _size_text(size: Any) -> str:
+    """[256, 256] -> '256', [240, 320] -> '240x320', None -> 'native'."""
+    if not size:
+        return "native"
+    if isinstance(size, list | tuple):
+        return str(size[0]) if len(set(size)) == 1 else "x".join(str(v) for v in size)
+    return str(size)
 
 
 def gap(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -118,11 +128,12 @@ def main() -> int:
     first = rows[0]
     sections = [
         f"Split {first['split']!r} ({first['n_images']} images), scored at the ground truth's native "
-        f"resolution; networks see {first['input_size']} px input, flip TTA {first['flip_tta']}. F uses "
+        f"resolution; networks see whole photos resized to the 'input' square, flip TTA {first['flip_tta']}. "
+        "F uses "
         "beta^2 = 0.3; max-F = best of 256 thresholds (per-image F averaged); adaptive F thresholds each "
         "map at 1.5 x its mean. '+' marks the positive class.",
         markdown_table([
-            ("run", "run", ""), ("model", "model", ""),
+            ("run", "run", ""), ("model", "model", ""), ("input", "input", ""),
             ("max_f", "max-F (blurred +)", ".3f"), ("adaptive_f", "adaptive F (blurred +)", ".3f"),
             ("infocus_max_f", "max-F (in focus +)", ".3f"),
             ("infocus_adaptive_f", "adaptive F (in focus +)", ".3f"),
