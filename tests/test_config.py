@@ -93,3 +93,40 @@ def test_profile_overlays_merge_key_by_key(tmp_path):
 def test_shipped_profiles_are_valid(profile):
     params = load_params([REPO / "params.yaml", profile], ["data.input=/some/folder"])
     assert params.model.teacher and params.model.student
+
+
+def test_pretraining_profiles_hand_over_to_the_real_profile():
+    """synthetic-pretrain trains the networks cuhk-cpu trains, and cuhk-cpu-pretrained starts from its outputs."""
+    real = ["data.input=/some/folder"]
+    pretrain = load_params([REPO / "params.yaml", REPO / "profiles" / "synthetic-pretrain.yaml"])
+    scratch = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu.yaml"], real)
+    fine = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu.yaml",
+                        REPO / "profiles" / "cuhk-cpu-pretrained.yaml"], real)
+    assert pretrain.data.source == "synthetic" and fine.data.source == "cuhk"
+    assert pretrain.model == scratch.model == fine.model
+    assert fine.train_teacher.init_from == pretrain.train_teacher.out
+    assert fine.distill_student.init_from == pretrain.distill_student.out
+    assert fine.evaluate.model_dump(exclude={"out_dir"}) == scratch.evaluate.model_dump(exclude={"out_dir"})
+    outputs = lambda p: {p.data.prepared_dir, p.train_teacher.out, p.distill_student.out,  # noqa: E731
+                         p.evaluate.out_dir, p.register.out}
+    assert not outputs(fine) & outputs(scratch)  # both runs can be kept side by side
+
+
+def test_make_train_real_runs_pretraining_first_with_pretrain_1(tmp_path):
+    """`make -n` prints the commands without running them: the profile stack each step gets."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-s", "train-real", f"DATA={tmp_path}", "PRETRAIN=1"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if "dbdgan " in line]
+    steps = [line.split("dbdgan ")[1].split()[0] for line in lines]
+    assert steps[:3] == ["prepare", "train-teacher", "distill-student"]
+    assert all("synthetic-pretrain.yaml" in line for line in lines[:3])
+    assert steps[3:] == ["prepare", "validate", "train-teacher", "distill-student", "evaluate", "register",
+                         "results"]
+    for line in lines[3:]:
+        assert "profiles/cuhk-cpu.yaml" in line and "profiles/cuhk-cpu-pretrained.yaml" in line
+        assert f"data.input={tmp_path}" in line
