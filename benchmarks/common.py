@@ -13,7 +13,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,14 +114,10 @@ def set_threads(threads: int | None) -> None:
 
 
 def timed_median(fn: Callable[[], object], warmup: int, runs: int) -> tuple[float, list[float]]:
-    """Median seconds of `runs` timed calls after `warmup` untimed ones (the first pays for allocation)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    """Median seconds of `runs` timed calls after `warmup` untimed ones, and every timed call's seconds."""
+    from dbdgan.evaluation.efficiency import timed_runs
+
+    times = timed_runs(fn, warmup, runs)
     return statistics.median(times), times
 
 

@@ -78,13 +78,18 @@ class ClusterSettings:
 PRETRAIN_PREFIX = "pretrain_"
 
 
+def step_of(task_key: str) -> str:
+    """The step a task runs: `pretrain_<step>` (synthetic pre-training) repeats <step>."""
+    return task_key.removeprefix(PRETRAIN_PREFIX)
+
+
 def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
     """Attach the settings to each task, keyed by step name (see pipelines.pipeline).
 
     A synthetic pre-training task (`pretrain_<step>`) gets the settings of <step>.
     """
     for name, task in tasks.items():
-        step = name.removeprefix(PRETRAIN_PREFIX)
+        step = step_of(name)
         if settings.s3_secret:
             kubernetes.use_secret_as_env(task, settings.s3_secret, dict(settings.s3_secret_keys))
         if settings.mlflow_secret:

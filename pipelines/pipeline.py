@@ -19,7 +19,7 @@ from kfp.dsl.graph_component import GraphComponent
 
 from components.ops import ops
 from dbdgan.config import Params, params_from_dict
-from pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply
+from pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply, step_of
 
 PIPELINE_NAME = "dbdgan-train"
 STUDENT_MAE_METRIC = "student.mae"
@@ -125,7 +125,7 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         tasks.update({"prepare_data": prepare, "validate_data": validate, "train_teacher": teacher,
                       "distill_student": student, "evaluate_models": evaluate, "metric_value": mae})
         for name, task in tasks.items():
-            task.set_caching_options(name.removeprefix(PRETRAIN_PREFIX) not in ("train_teacher", "distill_student"))
+            task.set_caching_options(step_of(name) not in ("train_teacher", "distill_student"))
         with dsl.If(reports_uri != "", name="reports-enabled"):
             publish = op.publish_reports(reports_uri=reports_uri, run_id=run_id,
                                          validation=validate.outputs["report"],

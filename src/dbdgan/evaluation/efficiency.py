@@ -10,7 +10,7 @@ import io
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,19 +39,29 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def timed_runs(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Seconds of each of `runs` (at least 1) timed calls after `warmup` untimed ones (the first pays for
+    allocation and kernel selection)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(runs, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
+    return statistics.median(timed_runs(fn, warmup, runs)) * 1000.0
+
+
 def measure_ms(model: nn.Module, batch: int, size: int | tuple[int, int], *, warmup: int, runs: int) -> float:
     """Median wall time (ms) of a CPU forward pass on a random [batch,3,size,size] input, after warm-up."""
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.rand(batch, 3, h, w)
-    times = []
     with eval_mode(model), torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(max(runs, 1)):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        return median_ms(lambda: model(x), warmup, runs)
 
 
 def model_efficiency(

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dbdgan.evaluation.efficiency import eval_mode, model_device
+from dbdgan.evaluation.efficiency import eval_mode, median_ms, model_device
 from dbdgan.io_utils import atomic_write_bytes
 
 INPUT_NAME = "image"
@@ -135,20 +133,9 @@ def check_onnx(
     feed = {INPUT_NAME: x.numpy()}
     with eval_mode(cpu_model), torch.inference_mode():
         diff, scale = _max_abs_diff(cpu_model, session, x)
-        torch_ms = _median_ms(lambda: cpu_model(x), warmup, runs)
-    ort_ms = _median_ms(lambda: session.run(None, feed), warmup, runs)
+        torch_ms = median_ms(lambda: cpu_model(x), warmup, runs)
+    ort_ms = median_ms(lambda: session.run(None, feed), warmup, runs)
     return {"max_abs_diff": diff, "max_abs_logit": scale, "ort_latency_ms": ort_ms, "torch_latency_ms": torch_ms}
-
-
-def _median_ms(fn, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def quantize_onnx(path: str | Path, out_path: str | Path) -> Path:

@@ -63,6 +63,7 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
     try:
         seed_everything(params.seed, params.deterministic)
         teacher = load_model_file(teacher_path, runtime.device)
+        teacher_sha = file_sha256(teacher_path)
         teacher.requires_grad_(False)
         arch_kwargs = dict(params.model.student_kwargs)
         student = create_model(params.model.student, **arch_kwargs)
@@ -121,9 +122,9 @@ def distill_student(params: Params, teacher_path: str | Path = "models/teacher.p
             checkpoint_dir=Path(checkpoint_dir or cfg.checkpoint_dir), out_path=Path(out_path or cfg.out),
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs", "checkpoint_dir", "out"}),
-                                        file_sha256(data_dir / "manifest.csv"), file_sha256(teacher_path),
+                                        file_sha256(data_dir / "manifest.csv"), teacher_sha,
                                         runtime.world_size, init_sha),
-            extra_metadata={"teacher_sha256": file_sha256(teacher_path),
+            extra_metadata={"teacher_sha256": teacher_sha,
                             **({"init_from_sha256": init_sha} if init_sha else {})},
         )
         return fit(job)
