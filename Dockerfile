@@ -37,7 +37,7 @@ COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
 RUN pip install -c constraints.txt . \
-    && python -c "import dbdgan.steps, components.ops, pipelines.pipeline, torch; print('torch', torch.__version__)"
+    && python -c "import dbdgan.steps, dbdgan_kfp.components.ops, dbdgan_kfp.pipelines.pipeline, torch; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -14,16 +14,23 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: install install-test run test lint train-real clean
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
-# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [EXTRA="--set key=value ..."]`. Outputs go under runs/real/ (runs/real-pretrained/), models to the MLflow registry.
+# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]`. Outputs go
+# under $(RUNS)/real/ ($(RUNS)/real-pretrained/), models to the MLflow registry as dbd-{teacher,student}-cuhk.
+# `dbdgan run-all` runs the step table (dbdgan.graph.STEPS) in order, so this target lists no steps itself.
 DATA ?= ../shared/data/cuhk-dbd
 LAYOUT ?= cuhk
 POLARITY ?=
-PROFILE ?= profiles/cuhk-cpu.yaml
+# ImageNet-pretrained networks by default; synthetic pre-training (PRETRAIN=1) is for the from-scratch ones
+PROFILE ?= profiles/$(if $(filter 1,$(PRETRAIN)),cuhk-cpu-scratch,cuhk-cpu).yaml
 PRETRAIN ?= 0
-REAL_ARGS = --params params.yaml --params $(PROFILE) --set data.source=$(LAYOUT) --set data.input=$(abspath $(DATA)) \
-	$(if $(POLARITY),--set data.polarity=$(POLARITY)) \
-	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml) $(EXTRA)
-PRETRAIN_ARGS = --params params.yaml --params profiles/synthetic-pretrain.yaml
+RUNS ?= runs
+REAL_ROOT = $(RUNS)/$(if $(filter 1,$(PRETRAIN)),real-pretrained,real)
+REAL_ARGS = --root $(REAL_ROOT) --input $(abspath $(DATA)) --params params.yaml --params $(PROFILE) \
+	--set data.source=$(LAYOUT) $(if $(POLARITY),--set data.polarity=$(POLARITY)) \
+	--experiment dbdgan-real --teacher-name dbd-teacher-cuhk --student-name dbd-student-cuhk \
+	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml --init-from $(RUNS)/pretrain) $(EXTRA)
+PRETRAIN_ARGS = --root $(RUNS)/pretrain --until distill_student --experiment dbdgan-pretrain \
+	--params params.yaml --params profiles/synthetic-pretrain.yaml
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,17 +56,9 @@ run: install
 train-real: install
 	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder"; exit 2; }
 ifeq ($(PRETRAIN),1)
-	$(BIN)/dbdgan prepare $(PRETRAIN_ARGS)
-	$(BIN)/dbdgan train-teacher $(PRETRAIN_ARGS)
-	$(BIN)/dbdgan distill-student $(PRETRAIN_ARGS)
+	$(BIN)/dbdgan run-all $(PRETRAIN_ARGS)
 endif
-	$(BIN)/dbdgan prepare $(REAL_ARGS)
-	$(BIN)/dbdgan validate $(REAL_ARGS)
-	$(BIN)/dbdgan train-teacher $(REAL_ARGS)
-	$(BIN)/dbdgan distill-student $(REAL_ARGS)
-	$(BIN)/dbdgan evaluate $(REAL_ARGS)
-	$(BIN)/dbdgan register $(REAL_ARGS)
-	@$(BIN)/dbdgan results $(REAL_ARGS)
+	$(BIN)/dbdgan run-all $(REAL_ARGS)
 
 test: install-test
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

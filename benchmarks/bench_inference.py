@@ -8,7 +8,8 @@ Per model, at --size (320, the paper's input) and on random input (cost does not
     temp dir with export_onnx (which verifies the graph against PyTorch), then onnxruntime and PyTorch are
     timed back to back on the same input, with their largest logit difference at --size;
   - student/teacher ratios for the pairs the project trains (mobile and efficientunet_b3 against
-    teacher_paper; the CPU profile's and default pipeline's pairs when both are measured).
+    teacher_paper; the CPU profile's pair lite0_unet/teacher_lite2 (ImageNet encoders), the from-scratch
+    profile's and the default pipeline's pairs when both are measured).
 teacher_paper costs seconds per forward on a CPU, so models in --heavy get --heavy-runs timed runs.
 On a machine busier than its cores, torch's 2 OpenMP threads can be many times slower than 1 (spin-waiting
 threads steal the core from the one doing work): compare --threads 1 or --omp-wait-policy passive.
@@ -35,12 +36,14 @@ from common import (
     timed_median,
 )
 
-DEFAULT_MODELS = ["teacher_paper", "teacher_small", "efficientunet_b3", "mobile", "mobile_small"]
+DEFAULT_MODELS = ["teacher_paper", "teacher_lite2", "teacher_small", "efficientunet_b3", "lite0_unet", "mobile",
+                  "mobile_small"]
 TINY_MODELS = ["teacher_tiny", "mobile_tiny"]
 # (student, teacher): the paper's pair and ours, the real-data CPU profile's, the default pipeline's.
 PAIRS = [
     ("mobile", "teacher_paper"),
     ("efficientunet_b3", "teacher_paper"),
+    ("lite0_unet", "teacher_lite2"),
     ("mobile_small", "teacher_small"),
     ("mobile_tiny", "teacher_tiny"),
 ]

@@ -28,8 +28,10 @@ from typing import Any
 import yaml
 from common import ROOT, add_common_args, apply_runtime_env, finish, machine_info, markdown_table, set_threads
 
+from dbdgan.graph import STEPS
+
 BIN = Path(sys.executable).parent
-STAGES = ["prepare", "validate", "train_teacher", "distill_student", "evaluate", "register"]
+STAGES = [step.name for step in STEPS]
 
 
 def tiny_params() -> dict[str, Any]:
@@ -38,7 +40,7 @@ def tiny_params() -> dict[str, Any]:
     params["data"]["synthetic"].update(num_images=30, size=48)
     for stage in ("train_teacher", "distill_student"):
         params[stage].update(epochs=1, batch_size=4, image_size=48)
-    params["evaluate"].update(input_size=48, efficiency_size=64, efficiency_runs=1, grid_samples=2)
+    params["evaluate"].update(efficiency_size=64, efficiency_runs=1, grid_samples=2)
     return params
 
 
@@ -72,7 +74,8 @@ def config_line(params: dict[str, Any], git: dict[str, Any]) -> str:
 
 
 def make_workspace(root: Path, params: dict[str, Any], env: dict[str, str]) -> None:
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", "inputs.yaml"):
+        shutil.copy(ROOT / name, root / name)
     (root / "src").symlink_to(ROOT / "src", target_is_directory=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root, env)

@@ -3,11 +3,12 @@
 For each params profile (default: params.yaml, teacher_tiny/mobile_tiny at 96 px; cuhk-cpu:
 profiles/cuhk-cpu.yaml, teacher_small/mobile_small at 160 px), with that profile's batch size, input size,
 discriminator, losses, loss weights and optimisers:
-  - teacher step: teacher forward, D1 update, content + adversarial loss, teacher backward and Adam step
-    (the same library calls as dbdgan.training.teacher's step);
-  - distillation step: frozen teacher forward with features, student forward with the feature constraint,
-    D2 and D3 updates, content + consistency + feature + two adversarial terms, backward, Adam step
-    (as dbdgan.training.student's step); the teacher is freshly initialised (its weights do not change cost);
+  - teacher step: dbdgan.training.gan.TeacherGAN.step, the object training runs (teacher forward, D1
+    update, content + adversarial loss, teacher backward and optimiser step);
+  - distillation step: dbdgan.training.gan.DistillationGAN.step (frozen teacher forward with features,
+    student forward with the feature constraint, D2 and D3 updates, content + consistency + feature + two
+    adversarial terms, backward, optimiser step); the teacher is freshly initialised (its weights do not
+    change the cost);
   - DataLoader images/s with the profile's batch and workers, on a small synthetic set prepared in a temp dir
     with prepare_dataset (and, for cuhk-cpu when the CUHK folder exists, on a CUHK subset): the steady rate
     over one long pass, and the first batch of an epoch separately (worker start-up, paid every epoch);
@@ -58,86 +59,29 @@ def load_profile(name: str) -> Any:
     return load_params([ROOT / p for p in PROFILES[name]], overrides=["data.source=synthetic"])
 
 
-def teacher_step(params: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """A closure running one teacher training step on `batch`, and the teacher's parameter count."""
-    import torch
-
-    from dbdgan.losses import content_loss
+def teacher_step(params: Any, batch: dict[str, Any], runtime: Any) -> tuple[Any, int]:
+    """One teacher update (dbdgan.training.gan.TeacherGAN.step, as training runs it) on `batch`, and the
+    teacher's parameter count."""
     from dbdgan.models import create_model
-    from dbdgan.training.amp import Precision
-    from dbdgan.training.engine import build_optimizer
-    from dbdgan.training.teacher import adversarial_term, build_discriminator, update_discriminator
+    from dbdgan.training.gan import TeacherGAN
 
-    cfg = params.train_teacher
     teacher = create_model(params.model.teacher, **params.model.teacher_kwargs).train()
-    disc = build_discriminator(params).train()
-    opt_g = build_optimizer(teacher.parameters(), cfg.optim.lr, cfg.optim)
-    opt_d = build_optimizer(disc.parameters(), cfg.optim.lr_d, cfg.optim)
-    precision = Precision(torch.device("cpu"), cfg.amp)
-    image, mask = batch["image"], batch["mask"]
-
-    def step() -> dict[str, float]:
-        logits = teacher(image)
-        prob = torch.sigmoid(logits.float())
-        d_loss = update_discriminator(disc, opt_d, precision, "d1", image, mask, prob, cfg.adversarial_loss,
-                                      cfg.optim.grad_clip, 0, 0)
-        content = content_loss(logits.float(), mask, kind=cfg.content_loss)
-        adv = adversarial_term(disc, image, mask, prob, cfg.adversarial_loss)
-        total = cfg.w_content * content + cfg.w_adv * adv
-        precision.step("teacher", total, opt_g, teacher, cfg.optim.grad_clip)
-        return {"d1": d_loss, "content": content.item(), "adv": adv.item()}
-
-    return step, sum(p.numel() for p in teacher.parameters())
+    gan = TeacherGAN(teacher, params, runtime)
+    return lambda: gan.step(batch, 0, 0), sum(p.numel() for p in teacher.parameters())
 
 
-def distill_step(params: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """A closure running one distillation step on `batch`, and the student's parameter count."""
-    import torch
-
-    from dbdgan.losses import consistency_loss, content_loss
+def distill_step(params: Any, batch: dict[str, Any], runtime: Any) -> tuple[Any, int]:
+    """One distillation update (dbdgan.training.gan.DistillationGAN.step) on `batch`, and the student's
+    parameter count; the teacher is freshly initialised (its weights do not change the cost)."""
     from dbdgan.models import create_model
-    from dbdgan.training.amp import Precision
-    from dbdgan.training.engine import build_optimizer
-    from dbdgan.training.student import DistillStudent
-    from dbdgan.training.teacher import adversarial_term, build_discriminator, update_discriminator
+    from dbdgan.training.gan import DistillationGAN
 
-    cfg = params.distill_student
-    teacher = create_model(params.model.teacher, **params.model.teacher_kwargs).eval()
-    teacher.requires_grad_(False)
-    student = create_model(params.model.student, **params.model.student_kwargs)
-    strides = list(cfg.feature_strides) if cfg.w_feature else []
-    distill = DistillStudent(student, teacher.feature_channels, strides).train()
-    d2, d3 = build_discriminator(params).train(), build_discriminator(params).train()
-    opt_s = build_optimizer(distill.parameters(), cfg.optim.lr, cfg.optim)
-    opt_d2 = build_optimizer(d2.parameters(), cfg.optim.lr_d, cfg.optim)
-    opt_d3 = build_optimizer(d3.parameters(), cfg.optim.lr_d, cfg.optim)
-    precision = Precision(torch.device("cpu"), cfg.amp)
-    weights = {"content": cfg.w_content, "consistency": cfg.w_consistency, "feature": cfg.w_feature,
-               "adv": cfg.w_adv, "distill": cfg.w_distill}
-    image, mask = batch["image"], batch["mask"]
-    clip, kind = cfg.optim.grad_clip, cfg.adversarial_loss
-
-    def step() -> dict[str, float]:
-        with torch.no_grad():
-            teacher_logits, teacher_feats = teacher.forward_with_features(image)
-        teacher_prob = torch.sigmoid(teacher_logits.float())
-        logits, feature = distill(image, teacher_feats)
-        prob = torch.sigmoid(logits.float())
-        d2_loss = update_discriminator(d2, opt_d2, precision, "d2", image, mask, prob, kind, clip, 0, 0)
-        d3_loss = update_discriminator(d3, opt_d3, precision, "d3", image, teacher_prob, prob, kind, clip,
-                                       0, 0)
-        terms = {
-            "content": content_loss(logits.float(), mask, kind=cfg.content_loss),
-            "consistency": consistency_loss(prob, teacher_prob, kind=cfg.consistency),
-            "feature": feature.float(),
-            "adv": adversarial_term(d2, image, mask, prob, kind),
-            "distill": adversarial_term(d3, image, teacher_prob, prob, kind),
-        }
-        total = sum(weights[name] * value for name, value in terms.items())
-        precision.step("student", total, opt_s, distill, clip)
-        return {"d2": d2_loss, "d3": d3_loss, **{name: value.item() for name, value in terms.items()}}
-
-    return step, sum(p.numel() for p in student.parameters())
+    teacher = create_model(params.model.teacher, **params.model.teacher_kwargs)
+    student = create_model(params.model.student, **params.model.student_kwargs).train()
+    gan = DistillationGAN(teacher, student, params, runtime)
+    for module in gan.modules.values():
+        module.train()
+    return lambda: gan.step(batch, 0, 0), sum(p.numel() for p in student.parameters())
 
 
 def loader_rate(data_dir: Path, params: Any, batches: int) -> dict[str, Any]:
@@ -239,7 +183,7 @@ def bench_profile(name: str, args: argparse.Namespace, scratch: Path) -> dict[st
         "ratios": [],
     }
     for kind, build in (("teacher", teacher_step), ("distill", distill_step)):
-        step, n_params = build(params, batch)
+        step, n_params = build(params, batch, runtime)
         median_s, times = timed_median(step, args.warmup, args.steps)
         row = {"profile": name, "step": kind, "model": params.model.teacher if kind == "teacher"
                else params.model.student, "params_m": n_params / 1e6, "image_size": cfg.image_size,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,25 +17,23 @@ from typing import Any
 import yaml
 
 from dbdgan.config import Params, params_from_dict
+from dbdgan.tracking import Tracking
 
 
-def load_params(params_yaml: str, overrides: list[str], settings: dict[str, Any] | None = None) -> Params:
-    """params.yaml text + user overrides + the paths this component decides (settings win, last)."""
+def load_params(params_yaml: str, overrides: list[str]) -> Params:
+    """params.yaml text + the user's overrides: hyperparameters only (paths come as artifacts)."""
     try:
         tree = yaml.safe_load(params_yaml) if params_yaml.strip() else {}
     except yaml.YAMLError as exc:
         raise ValueError(f"pipeline parameter params_yaml is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
         raise ValueError("pipeline parameter params_yaml must hold a mapping at the top level")
-    # JSON is valid YAML, so quoting each value keeps paths and names from being re-typed by the YAML parser.
-    pinned = [f"{key}={json.dumps(value)}" for key, value in (settings or {}).items()]
-    return params_from_dict(tree, [*overrides, *pinned], source="pipeline parameter params_yaml")
+    return params_from_dict(tree, overrides, source="pipeline parameter params_yaml")
 
 
-def use_tracking(mlflow_tracking_uri: str) -> None:
-    """A non-empty pipeline parameter beats the pod's MLFLOW_TRACKING_URI; empty leaves the env alone."""
-    if mlflow_tracking_uri.strip():
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri.strip()
+def tracking(mlflow_tracking_uri: str, experiment: str) -> Tracking:
+    """Where a step tracks: a non-empty pipeline parameter, else the pod's MLFLOW_TRACKING_URI."""
+    return Tracking(uri=mlflow_tracking_uri.strip() or None, experiment=experiment)
 
 
 def scratch(name: str) -> Path:
@@ -111,3 +107,12 @@ def write_text(path: str | Path, text: str) -> None:
     """Output artifact files: the folder may not exist yet under a local pipeline root."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text, encoding="utf-8")
+
+
+def report_training(result: dict[str, Any], metrics: Any, model: Any, arch: str) -> None:
+    """A training step's summary as KFP metrics and as metadata of its Model artifact."""
+    values = scalars({k: v for k, v in result.items() if k != "history"})
+    for key, value in values.items():
+        metrics.log_metric(key, value)
+    model.metadata.update({"arch": arch, "framework": "pytorch", "mlflow_run_id": result.get("mlflow_run_id") or "",
+                           **values})

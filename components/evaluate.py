@@ -1,30 +1,27 @@
-"""Components: score teacher and student on the test split; read one metric back for the promotion gate."""
+"""Component: score teacher and student (and the baselines) on the evaluation split."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.factory import component
+from dbdgan_kfp.components.factory import component
 
 
 @component
-def evaluate_models(params_yaml: str, overrides: list, mlflow_tracking_uri: str, dataset: Input[Dataset],
-                    teacher: Input[Model], student: Input[Model], metrics: Output[Metrics],
-                    scores: Output[Artifact], report: Output[HTML]) -> float:
+def evaluate(params_yaml: str, overrides: list, mlflow_tracking_uri: str, experiment: str,
+             dataset: Input[Dataset], teacher: Input[Model], student: Input[Model], scores: Output[Artifact],
+             metrics: Output[Metrics], report: Output[HTML]) -> None:
     """Accuracy + efficiency of both models and the baselines (dbdgan.steps.evaluate).
 
     `scores` holds <model>.json, curves and the qualitative grid; `metrics` shows every scalar as
     `<model>.<metric>`; with evaluate.log_to_mlflow they are also attached to each model's training run.
-    Returns the student's max-F (the first promotion gate): kfp.local resolves a task's single return value
-    in a dsl.If, but not named outputs.
     """
     from pathlib import Path
 
-    from components import _runtime as rt
     from dbdgan import steps
+    from dbdgan_kfp.components import _runtime as rt
 
-    rt.use_tracking(mlflow_tracking_uri)
     params = rt.load_params(params_yaml, overrides)
-    results = steps.evaluate(params, models={"teacher": teacher.path, "student": student.path},
-                             data_dir=dataset.path, out_dir=scores.path)
+    results = steps.evaluate(params, dataset=Path(dataset.path), out=Path(scores.path), teacher=teacher.path,
+                             student=student.path, tracking=rt.tracking(mlflow_tracking_uri, experiment))
     tables = {name: rt.scalars(values) for name, values in results.items()}
     for name, table in tables.items():
         for key, value in table.items():
@@ -32,12 +29,3 @@ def evaluate_models(params_yaml: str, overrides: list, mlflow_tracking_uri: str,
     plots = Path(scores.path) / "plots"
     rt.write_text(report.path, rt.html_page(f"Evaluation on the {params.evaluate.split} split", tables,
                                             [plots / "curves.png", plots / "grid.png"]))
-    return rt.pick(tables["student"], "max_f")
-
-
-@component
-def metric_value(metrics: Input[Metrics], name: str) -> float:
-    """One logged metric (e.g. `student.mae`) as a pipeline value, for a dsl.If gate."""
-    from components import _runtime as rt
-
-    return rt.pick({key: float(value) for key, value in metrics.metadata.items()}, name)

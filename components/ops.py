@@ -1,28 +1,25 @@
-"""All dbdgan components in one place, optionally re-targeted at another image."""
+"""All dbdgan components in one place, optionally re-targeted at another image.
+
+`STEP_COMPONENTS` holds one component per step of dbdgan.graph.STEPS, under the step's name (a test checks
+that they match); the others are pipeline plumbing.
+"""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from components.distill_student import distill_student
-from components.evaluate import evaluate_models, metric_value
-from components.factory import with_image
-from components.prepare import prepare_data
-from components.publish import publish_reports
-from components.register import register_models
-from components.train_teacher import train_teacher
-from components.validate import validate_data
+from dbdgan_kfp.components.distill_student import distill_student
+from dbdgan_kfp.components.evaluate import evaluate
+from dbdgan_kfp.components.factory import with_image
+from dbdgan_kfp.components.prepare import prepare
+from dbdgan_kfp.components.publish import publish_reports
+from dbdgan_kfp.components.register import announce_champion, register
+from dbdgan_kfp.components.train_teacher import train_teacher
+from dbdgan_kfp.components.validate import validate
 
-COMPONENTS = {
-    "prepare_data": prepare_data,
-    "validate_data": validate_data,
-    "train_teacher": train_teacher,
-    "distill_student": distill_student,
-    "evaluate_models": evaluate_models,
-    "metric_value": metric_value,
-    "register_models": register_models,
-    "publish_reports": publish_reports,
-}
+STEP_COMPONENTS = {comp.name.replace("-", "_"): comp for comp in
+                   (prepare, validate, train_teacher, distill_student, evaluate, register)}
+COMPONENTS = {**STEP_COMPONENTS, "publish_reports": publish_reports, "announce_champion": announce_champion}
 
 
 def ops(base_image: str | None = None) -> SimpleNamespace:

@@ -2,32 +2,35 @@
 
 from kfp.dsl import HTML, Dataset, Markdown, Output
 
-from components.factory import component
+from dbdgan_kfp.components.factory import component
 
 
 @component
-def prepare_data(params_yaml: str, overrides: list, data_uri: str, dataset: Output[Dataset],
-                 summary: Output[Markdown], contact_sheet: Output[HTML]) -> None:
+def prepare(params_yaml: str, overrides: list, data_uri: str, dataset: Output[Dataset],
+            summary: Output[Markdown], contact_sheet: Output[HTML]) -> None:
     """Prepare images, masks and manifest.csv (dbdgan.steps.prepare).
 
-    data_uri: "" uses data.source/data.input from params; an s3://bucket/prefix is downloaded first (the
-    endpoint and credentials come from the pod's environment); any other value is a local folder.
+    data_uri: the raw dataset of the data.source layout: "" for synthetic data, an s3://bucket/prefix
+    (downloaded first; endpoint and credentials from the pod's environment) or a folder the pod can read.
     """
     from pathlib import Path
 
-    from components import _runtime as rt
     from dbdgan import steps
     from dbdgan.storage import download, is_s3_uri
+    from dbdgan_kfp.components import _runtime as rt
 
     uri = data_uri.strip()
-    params = rt.load_params(params_yaml, overrides, {"data.input": uri} if uri else {})
+    params = rt.load_params(params_yaml, overrides)
     if uri and params.data.source == "synthetic":
         raise ValueError(f"data_uri={uri!r} is set but data.source is 'synthetic': add an override "
                          "such as data.source=cuhk (or folder, dut, szu)")
+    raw = None
     if is_s3_uri(uri):  # after the source check: a wrong source fails before any download
-        local = download(uri, rt.scratch("raw") / "data", folder=True)
-        params = rt.load_params(params_yaml, overrides, {"data.input": str(local)})
-    steps.prepare(params, out_dir=dataset.path)
+        # only a finished upload (its _SUCCESS.json marker is written last), never a half-uploaded prefix
+        raw = download(uri, rt.scratch("raw") / "data", folder=True, require_marker=True)
+    elif uri:
+        raw = Path(uri)
+    steps.prepare(params, out=Path(dataset.path), raw=raw)
     counts = rt.split_counts(dataset.path)
     dataset.metadata.update({"source": params.data.source, "images": sum(counts.values()), **counts})
     rt.write_text(summary.path, rt.markdown("Prepared dataset", {"source": params.data.source, **counts}))

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Artifact, Input
 
-from components.factory import component
+from dbdgan_kfp.components.factory import component
 
 
 @component
@@ -13,7 +13,7 @@ def publish_reports(reports_uri: str, run_id: str, validation: Input[Artifact],
     A separate step so that validate and evaluate stay cacheable (a run id among their inputs would make
     every run a cache miss).
     """
-    from components import _runtime as rt
+    from dbdgan_kfp.components import _runtime as rt
 
     rt.publish(validation.path, reports_uri, run_id, "validation")
     rt.publish(scores.path, reports_uri, run_id, "evaluation")

@@ -2,27 +2,25 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.factory import component
+from dbdgan_kfp.components.factory import component
 
 
 @component
 def train_teacher(params_yaml: str, overrides: list, mlflow_tracking_uri: str, experiment: str,
                   dataset: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics],
                   init: Input[Model] | None = None) -> None:
-    """Train the teacher against D1 (dbdgan.steps.train_teacher); logs to MLflow when a URI is set.
+    """Train the teacher against D1 (dbdgan.steps.train_teacher), tracked in MLflow.
 
-    init: a teacher to start from (synthetic pre-training), else train_teacher.init_from or scratch.
+    init: a teacher to start from (synthetic pre-training), else random initialisation.
     """
-    from components import _runtime as rt
-    from dbdgan import steps
+    from pathlib import Path
 
-    rt.use_tracking(mlflow_tracking_uri)
-    settings = {"register.experiment": experiment, **({"train_teacher.init_from": init.path} if init else {})}
-    params = rt.load_params(params_yaml, overrides, settings)
-    result = steps.train_teacher(params, data_dir=dataset.path, out_path=teacher.path,
-                                 checkpoint_dir=rt.scratch("teacher-checkpoints"))
-    values = rt.scalars({k: v for k, v in result.items() if k != "history"})
-    for key, value in values.items():
-        metrics.log_metric(key, value)
-    teacher.metadata.update({"arch": params.model.teacher, "framework": "pytorch",
-                             "mlflow_run_id": result.get("mlflow_run_id") or "", **values})
+    from dbdgan import steps
+    from dbdgan_kfp.components import _runtime as rt
+
+    params = rt.load_params(params_yaml, overrides)
+    result = steps.train_teacher(params, dataset=Path(dataset.path), out=Path(teacher.path),
+                                 checkpoints=rt.scratch("teacher-checkpoints"),
+                                 tracking=rt.tracking(mlflow_tracking_uri, experiment),
+                                 init=Path(init.path) if init else None)
+    rt.report_training(result, metrics, teacher, params.model.teacher)

@@ -2,13 +2,13 @@
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
-from components.factory import component
+from dbdgan_kfp.components.factory import component
 
 
 @component
-def validate_data(params_yaml: str, overrides: list, reports_uri: str, dataset: Input[Dataset],
-                  report: Output[Artifact], summary: Output[Markdown]) -> None:
-    """Validate the prepared dataset (dbdgan.steps.validate): Data Docs + validation.json in `report`.
+def validate(params_yaml: str, overrides: list, reports_uri: str, dataset: Input[Dataset],
+             validation: Output[Artifact], summary: Output[Markdown]) -> None:
+    """Validate the prepared dataset (dbdgan.steps.validate): Data Docs + validation.json in `validation`.
 
     On failure the error lists every failing file and expectation, and (when reports_uri is set) the report
     is copied to <reports_uri>/failed-validation/<manifest sha256> so that it can be read: KFP keeps no
@@ -17,19 +17,19 @@ def validate_data(params_yaml: str, overrides: list, reports_uri: str, dataset: 
     import hashlib
     from pathlib import Path
 
-    from components import _runtime as rt
     from dbdgan import steps
     from dbdgan.data.validation import DataValidationError
+    from dbdgan_kfp.components import _runtime as rt
 
     params = rt.load_params(params_yaml, overrides)
     try:
-        result = steps.validate(params, data_dir=dataset.path, report_dir=report.path)
+        result = steps.validate(params, dataset=Path(dataset.path), out=Path(validation.path))
     except DataValidationError:
         manifest = Path(dataset.path) / "manifest.csv"
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "unknown"
-        rt.publish(report.path, reports_uri, "failed-validation", digest)
+        rt.publish(validation.path, reports_uri, "failed-validation", digest)
         raise
     facts = {"success": result.success, "rows": result.n_rows, "expectations": result.evaluated_expectations,
              "warnings": len(result.warnings), **result.split_counts}
-    report.metadata.update({key: value for key, value in facts.items() if not isinstance(value, bool)})
+    validation.metadata.update({key: value for key, value in facts.items() if not isinstance(value, bool)})
     rt.write_text(summary.path, rt.markdown("Data validation", facts, result.message()))

@@ -1,0 +1,1 @@
+"""The KFP pipeline (installed as `dbdgan_kfp.pipelines`): wiring, cluster settings, `dbdgan pipeline ...`."""

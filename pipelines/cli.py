@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from dbdgan.redact import redact, redact_tree
+
 TOKEN_ENV = "KFP_TOKEN"
 HOST_ENV = "KFP_HOST"
 
@@ -60,15 +62,15 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run arguments")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="param override, e.g. --set train_teacher.epochs=2 (repeatable)")
-    g.add_argument("--data-uri", default="", help="raw data: folder or s3://bucket/prefix ('' = from params)")
+    g.add_argument("--data-uri", default="",
+                   help="raw dataset of the data.source layout: folder or s3://bucket/prefix ('' = synthetic)")
     g.add_argument("--reports-uri", default="", help="s3://bucket/prefix to copy reports to ('' = off)")
     g.add_argument("--mlflow-uri", default="",
-                   help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else register.tracking_uri)")
-    g.add_argument("--mlflow-experiment", help="MLflow experiment (default: register.experiment)")
-    g.add_argument("--teacher-name", help="registered teacher name (default: register.teacher_name)")
-    g.add_argument("--student-name", help="registered student name (default: register.student_name)")
-    g.add_argument("--min-max-f", type=float, help="gate: lowest student max-F to register (default 0)")
-    g.add_argument("--max-mae", type=float, help="gate: highest student MAE to register (default 1)")
+                   help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI in the pods, else the local store)")
+    g.add_argument("--mlflow-experiment", help="MLflow experiment (default: dbdgan)")
+    g.add_argument("--pretrain-experiment", help="MLflow experiment of pre-training (default: dbdgan-pretrain)")
+    g.add_argument("--teacher-name", help="registered teacher name (default: dbd-teacher)")
+    g.add_argument("--student-name", help="registered student name (default: dbd-student)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,23 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _params_text(paths: list[str] | None) -> str:
     """The params files merged and validated (as the CLI does), as one line of JSON (valid YAML)."""
-    from dbdgan.config import ConfigError, load_params
-    from pipelines.pipeline import RUNTIME_INPUT
+    from dbdgan.config import load_params
 
     files = [Path(p) for p in paths or ["params.yaml"]]
-    try:
-        tree = load_params(files).model_dump(mode="json")
-    except ConfigError as exc:
-        try:  # a real data source whose folder comes from --data-uri at run time
-            tree = load_params(files, [f"data.input={json.dumps(RUNTIME_INPUT)}"]).model_dump(mode="json")
-        except ConfigError:
-            raise exc from None
-        tree["data"]["input"] = None
-    return json.dumps(tree, separators=(",", ":"))
+    return json.dumps(redact_tree(load_params(files).model_dump(mode="json")), separators=(",", ":"))
 
 
 def _cluster(args: argparse.Namespace) -> Any:
-    from pipelines.k8s import ClusterSettings, Toleration
+    from dbdgan_kfp.pipelines.k8s import ClusterSettings, Toleration
 
     kwargs: dict[str, Any] = {
         "s3_secret": args.s3_secret or None, "mlflow_secret": args.mlflow_secret or None,
@@ -132,7 +125,7 @@ def _cluster(args: argparse.Namespace) -> Any:
 
 
 def _pipeline(args: argparse.Namespace, cluster: Any) -> Any:
-    from pipelines.pipeline import build_pipeline
+    from dbdgan_kfp.pipelines.pipeline import build_pipeline
 
     pretrain_text = _params_text(args.pretrain_params) if args.pretrain_params else ""
     return build_pipeline(_params_text(args.params), cluster=cluster, image=args.image,
@@ -151,9 +144,8 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Pipeline arguments from flags; unset optional flags keep the pipeline's own defaults."""
     arguments: dict[str, Any] = {"overrides": list(args.overrides), "data_uri": args.data_uri,
                                  "reports_uri": args.reports_uri, "mlflow_tracking_uri": args.mlflow_uri}
-    optional = {"experiment": args.mlflow_experiment, "teacher_name": args.teacher_name,
-                "student_name": args.student_name, "min_student_max_f": args.min_max_f,
-                "max_student_mae": args.max_mae}
+    optional = {"experiment": args.mlflow_experiment, "pretrain_experiment": args.pretrain_experiment,
+                "teacher_name": args.teacher_name, "student_name": args.student_name}
     arguments.update({key: value for key, value in optional.items() if value is not None})
     return arguments
 
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
+        message = redact(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))  # kfp.local colours its messages
         print(f"dbdgan pipeline {args.command}: error: {message}", file=sys.stderr)
         return 1
 

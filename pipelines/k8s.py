@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-# Task keys used by pipelines.pipeline (the step names).
-GPU_STEPS = ("train_teacher", "distill_student")
+from dbdgan.graph import INIT_STEPS
+
+# Task keys used by dbdgan_kfp.pipelines.pipeline are the step names of dbdgan.graph.STEPS.
+GPU_STEPS = INIT_STEPS
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,14 @@ class Toleration:
 
 
 DEFAULT_RESOURCES = {
-    "prepare_data": Resources("2", "4Gi"),
-    "validate_data": Resources("2", "4Gi"),
+    "prepare": Resources("2", "4Gi"),
+    "validate": Resources("2", "4Gi"),
     "train_teacher": Resources("8", "32Gi"),
     "distill_student": Resources("8", "32Gi"),
-    "evaluate_models": Resources("4", "8Gi"),
-    "metric_value": Resources("100m", "256Mi"),
-    "register_models": Resources("1", "2Gi"),
+    "evaluate": Resources("4", "8Gi"),
+    "register": Resources("1", "2Gi"),
     "publish_reports": Resources("500m", "1Gi"),
+    "announce_champion": Resources("100m", "256Mi"),
 }
 
 # Bounded MLflow client retries: a tracking server that is down fails the step in about a minute.
@@ -84,7 +86,7 @@ def step_of(task_key: str) -> str:
 
 
 def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
-    """Attach the settings to each task, keyed by step name (see pipelines.pipeline).
+    """Attach the settings to each task, keyed by step name (see dbdgan_kfp.pipelines.pipeline).
 
     A synthetic pre-training task (`pretrain_<step>`) gets the settings of <step>.
     """
@@ -107,7 +109,7 @@ def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
             task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
         # Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries
         # cover transient errors there; every other step is safe to rerun.
-        if settings.retries and step != "register_models":
+        if settings.retries and step != "register":
             task.set_retry(num_retries=settings.retries, backoff_duration="30s", backoff_factor=2.0,
                            backoff_max_duration="3600s")
         if step in GPU_STEPS and settings.gpus > 0:

@@ -1,6 +1,10 @@
-"""The dbdgan KFP pipeline: prepare, validate, train_teacher, distill_student, evaluate, [gate] register.
+"""The dbdgan KFP pipeline, wired from the step table (dbdgan.graph.STEPS): each step's component gets its
+inputs from the tasks that produce them, then the pipeline parameters it takes by name.
 
-Optionally (compile-time) preceded by synthetic pre-training, whose models initialise the two trainings.
+Optionally (compile-time) preceded by synthetic pre-training (the steps up to distill_student on their own
+params), whose models initialise the two trainings. After registration, the condition is the promotion gate's
+own decision (promotion.run_gate, from params `register.gate`, returned by the register component): the same
+decision the CLI and DVC make.
 
 `build_pipeline` returns a fresh pipeline function; the same function is compiled for a cluster (with
 `ClusterSettings`) or run by `kfp.local` (without). Caching is on for the deterministic steps (prepare,
@@ -17,20 +21,15 @@ import yaml
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
-from components.ops import ops
+from dbdgan import graph
 from dbdgan.config import Params, params_from_dict
-from pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply, step_of
+from dbdgan.tracking import DEFAULT_EXPERIMENT, ModelNames
+from dbdgan_kfp.components.ops import ops
+from dbdgan_kfp.pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply
 
 PIPELINE_NAME = "dbdgan-train"
-STUDENT_MAE_METRIC = "student.mae"
-# Stands in for data.input while validating at compile time: a real source gets its folder from data_uri.
-RUNTIME_INPUT = "<data_uri at run time>"
-
-
-def check_params(tree: dict[str, Any], source: str = "params_yaml") -> Params:
-    """Validate params as the prepare step will see them (data.input may come from data_uri at run time)."""
-    probe = [] if (tree.get("data") or {}).get("input") else [f"data.input={json.dumps(RUNTIME_INPUT)}"]
-    return params_from_dict(copy.deepcopy(tree), probe, source=source)  # it sets overrides in nested dicts
+PROMOTED = "promoted"
+UNCACHED = (*graph.INIT_STEPS, "register")
 
 
 def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
@@ -46,6 +45,31 @@ def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
     return pretrain
 
 
+def add_steps(op: Any, chain: tuple[graph.Step, ...], values: dict[str, Any],
+              init: dict[str, Any] | None = None, prefix: str = "") -> dict[str, Any]:
+    """One task per step of `chain`; returns them keyed `<prefix><step>` (the keys k8s.apply reads).
+
+    values: pipeline parameters, passed to each component that has an input of that name. init: step name ->
+    a Model output the step's training starts from.
+    """
+    tasks: dict[str, Any] = {}
+    for one in chain:
+        component = getattr(op, one.name)
+        wanted = component.component_spec.inputs or {}
+        kwargs = {name: tasks[graph.producer(name).name].outputs[name] for name in one.inputs}
+        kwargs.update({key: value for key, value in values.items() if key in wanted})
+        if init and one.name in init:
+            kwargs["init"] = init[one.name]
+        task = component(**kwargs)
+        task.set_display_name(f"{prefix.replace('_', ' ')}{one.name.replace('_', ' ')}")
+        task.set_caching_options(one.name not in UNCACHED)
+        for before in one.after:
+            if before in tasks:
+                task.after(tasks[before])
+        tasks[one.name] = task
+    return {f"{prefix}{name}": task for name, task in tasks.items()}
+
+
 def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
                    image: str | None = None, pretrain_text: str = "") -> GraphComponent:
     """The pipeline with `params_text` (params.yaml content) as the default of its params_yaml parameter.
@@ -55,94 +79,63 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
     IR file, and a multi-line default would break that file.
 
     pretrain_text (optional): params of a synthetic pre-training (e.g. params.yaml overlaid by
-    profiles/synthetic-pretrain.yaml). Then the graph first prepares synthetic data and trains teacher and
-    student on it, and the real teacher and student start from those weights. These params are fixed at
-    compile time; the pre-trained models are not registered.
+    profiles/synthetic-pretrain.yaml). Then the graph first runs the steps up to distill_student on synthetic
+    data, and the real teacher and student start from those weights. These params are fixed at compile time;
+    the pre-trained models are not registered.
     """
     tree: Any = (yaml.safe_load(params_text) if params_text.strip() else None) or {}
-    params = check_params(tree)
-    defaults = params.register
+    params = params_from_dict(copy.deepcopy(tree), source="params_yaml")
     params_default = json.dumps(tree, separators=(",", ":"))
     pretrain_tree: Any = (yaml.safe_load(pretrain_text) if pretrain_text.strip() else None) or {}
-    pretrain = check_pretrain(pretrain_tree, params) if pretrain_tree else None
+    if pretrain_tree:
+        check_pretrain(pretrain_tree, params)
     op = ops(image)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, gate, registry")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, registry, gate")
     def dbdgan_train(
         params_yaml: str = params_default,
         overrides: list = [],  # noqa: B006 -- KFP reads the default; it is never mutated
         data_uri: str = "",
         reports_uri: str = "",
         mlflow_tracking_uri: str = "",
-        experiment: str = defaults.experiment,
-        teacher_name: str = defaults.teacher_name,
-        student_name: str = defaults.student_name,
-        min_student_max_f: float = 0.0,
-        max_student_mae: float = 1.0,
+        experiment: str = DEFAULT_EXPERIMENT,
+        pretrain_experiment: str = f"{DEFAULT_EXPERIMENT}-pretrain",
+        teacher_name: str = ModelNames.teacher,
+        student_name: str = ModelNames.student,
     ) -> None:
-        """Train and register a defocus blur detector.
+        """Train, register and gate a defocus blur detector.
 
-        params_yaml/overrides: params.yaml text and `dotted.key=value` overrides. data_uri: "" (params),
-        a folder, or s3://bucket/prefix of raw data. reports_uri: s3://bucket/prefix for reports ("" = off).
-        mlflow_tracking_uri: "" = the pod's MLFLOW_TRACKING_URI. The student is registered only if its
-        max-F >= min_student_max_f and its MAE <= max_student_mae.
+        params_yaml/overrides: params.yaml text and `dotted.key=value` overrides (hyperparameters). data_uri:
+        the raw dataset ("" for synthetic data, a folder, or s3://bucket/prefix). reports_uri:
+        s3://bucket/prefix for reports ("" = off). mlflow_tracking_uri: "" = the pod's MLFLOW_TRACKING_URI.
+        experiment, teacher_name, student_name: where runs are tracked and under which names models register.
         """
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        common = {"params_yaml": params_yaml, "overrides": overrides}
-        prepare = op.prepare_data(**common, data_uri=data_uri).set_display_name("prepare data")
-        validate = op.validate_data(**common, reports_uri=reports_uri,
-                                    dataset=prepare.outputs["dataset"]).set_display_name("validate data")
-        tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment}
+        values = {"params_yaml": params_yaml, "overrides": overrides, "data_uri": data_uri,
+                  "reports_uri": reports_uri, "mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment,
+                  "teacher_name": teacher_name, "student_name": student_name,
+                  "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks: dict[str, Any] = {}
-        init: dict[str, dict[str, Any]] = {"teacher": {}, "student": {}}
-        if pretrain is not None:
-            pre = {"params_yaml": json.dumps(pretrain_tree, separators=(",", ":")), "overrides": []}
-            pre_tracking = {"mlflow_tracking_uri": mlflow_tracking_uri,
-                            "experiment": pretrain.register.experiment}
-            pre_data = op.prepare_data(**pre, data_uri="").set_display_name("prepare synthetic data")
-            pre_teacher = op.train_teacher(**pre, **pre_tracking, dataset=pre_data.outputs["dataset"])
-            pre_teacher.set_display_name("pre-train teacher (synthetic)")
-            pre_student = op.distill_student(**pre, **pre_tracking, dataset=pre_data.outputs["dataset"],
-                                             teacher=pre_teacher.outputs["teacher"])
-            pre_student.set_display_name("pre-train student (synthetic)")
-            tasks.update({f"{PRETRAIN_PREFIX}prepare_data": pre_data,
-                          f"{PRETRAIN_PREFIX}train_teacher": pre_teacher,
-                          f"{PRETRAIN_PREFIX}distill_student": pre_student})
-            init = {"teacher": {"init": pre_teacher.outputs["teacher"]},
-                    "student": {"init": pre_student.outputs["student"]}}
-        teacher = op.train_teacher(**common, **tracking, **init["teacher"],
-                                   dataset=prepare.outputs["dataset"]).set_display_name("train teacher")
-        teacher.after(validate)
-        student = op.distill_student(**common, **tracking, **init["student"],
-                                     dataset=prepare.outputs["dataset"],
-                                     teacher=teacher.outputs["teacher"]).set_display_name("distill student")
-        evaluate = op.evaluate_models(**common, mlflow_tracking_uri=mlflow_tracking_uri,
-                                      dataset=prepare.outputs["dataset"],
-                                      teacher=teacher.outputs["teacher"],
-                                      student=student.outputs["student"]).set_display_name("evaluate")
-        mae = op.metric_value(metrics=evaluate.outputs["metrics"], name=STUDENT_MAE_METRIC)
-        mae.set_display_name("student MAE")
-        tasks.update({"prepare_data": prepare, "validate_data": validate, "train_teacher": teacher,
-                      "distill_student": student, "evaluate_models": evaluate, "metric_value": mae})
-        for name, task in tasks.items():
-            task.set_caching_options(step_of(name) not in ("train_teacher", "distill_student"))
+        init = None
+        if pretrain_tree:
+            pre_values = {**values, "params_yaml": json.dumps(pretrain_tree, separators=(",", ":")),
+                          "overrides": [], "data_uri": "", "experiment": pretrain_experiment}
+            last = graph.INIT_STEPS[-1]
+            tasks.update(add_steps(op, graph.steps_until(last), pre_values, prefix=PRETRAIN_PREFIX))
+            init = {name: tasks[f"{PRETRAIN_PREFIX}{name}"].outputs[graph.step(name).output]
+                    for name in graph.INIT_STEPS}
+        steps = add_steps(op, graph.STEPS, values, init)
+        tasks.update(steps)
         with dsl.If(reports_uri != "", name="reports-enabled"):
-            publish = op.publish_reports(reports_uri=reports_uri, run_id=run_id,
-                                         validation=validate.outputs["report"],
-                                         scores=evaluate.outputs["scores"])
+            publish = op.publish_reports(reports_uri=reports_uri, run_id=values["run_id"],
+                                         validation=steps["validate"].outputs["validation"],
+                                         scores=steps["evaluate"].outputs["scores"])
             publish.set_display_name("publish reports").set_caching_options(False)
             tasks["publish_reports"] = publish
-        # The promotion gate: nested conditions (KFP has no `and`), each on a task's single return value.
-        with (dsl.If(evaluate.outputs["Output"] >= min_student_max_f, name="student-max-f-gate"),
-              dsl.If(mae.output <= max_student_mae, name="student-mae-gate")):
-            register = op.register_models(
-                **common, **tracking, teacher_name=teacher_name, student_name=student_name, run_id=run_id,
-                reports_uri=reports_uri,
-                dataset=prepare.outputs["dataset"], teacher=teacher.outputs["teacher"],
-                student=student.outputs["student"], scores=evaluate.outputs["scores"],
-            ).set_display_name("register models")
-            register.set_caching_options(False)
-            tasks["register_models"] = register
+        register = steps["register"]
+        with dsl.If(register.outputs["Output"] == PROMOTED, name="student-promoted"):
+            champion = op.announce_champion(registered=register.outputs["registered"])
+            champion.set_display_name("announce champion").set_caching_options(False)
+            tasks["announce_champion"] = champion
         if cluster is not None:
             apply(tasks, cluster)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kfp_fixtures import port_closed, stop_group
 
 SHARED_CUHK = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-dbd"
 
@@ -49,8 +50,9 @@ def _moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with log.open("wb") as log_handle:
-        proc = subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log_handle, stderr=subprocess.STDOUT
+        proc = subprocess.Popen(  # its own process group: stopping it stops everything it started
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log_handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 30
@@ -66,12 +68,8 @@ def _moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.1)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
+        assert port_closed(endpoint), f"moto_server still answers on {endpoint} after its group was stopped"
 
 
 @pytest.fixture

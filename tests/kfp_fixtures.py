@@ -22,6 +22,22 @@ from pathlib import Path
 SECRET_PREFIX = "PLANTEDSECRET"
 
 
+def port_closed(uri: str, timeout: float = 10.0) -> bool:
+    """Nothing accepts connections at the host:port of `uri` any more (an outage test checks this first)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex((parts.hostname or "127.0.0.1", parts.port or 80)) != 0:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,25 +88,26 @@ class MlflowServer:
 
     def stop(self) -> None:
         """Stop the server and its workers: the whole process group it leads (SIGTERM, then SIGKILL)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            if self._group_gone(timeout=15):
-                break
-        self.proc.wait()
+        stop_group(self.proc)
 
-    def _group_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the process group `proc` leads (SIGTERM, then SIGKILL), workers included, and reap the leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            self.proc.poll()  # reap the leader so that the group can disappear
+            proc.poll()  # reap the leader so that the group can disappear
             try:
-                os.killpg(self.proc.pid, 0)
+                os.killpg(proc.pid, 0)
             except ProcessLookupError:
-                return True
+                proc.wait()
+                return
             time.sleep(0.2)
-        return False
+    proc.wait()
 
 
 @contextmanager

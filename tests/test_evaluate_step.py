@@ -8,7 +8,7 @@ import json
 import mlflow
 import pytest
 import torch
-from pipeline_fixtures import tiny_params
+from pipeline_fixtures import artifact, tiny_params, tiny_tracking
 
 from dbdgan import steps
 from dbdgan.checkpoint import save_model_file
@@ -17,22 +17,25 @@ from dbdgan.models import create_model
 
 @pytest.fixture()
 def prepared_with_models(tmp_path):
-    params = tiny_params(tmp_path)
-    steps.prepare(params)
-    mlflow.set_tracking_uri(params.register.tracking_uri)
+    params = tiny_params()
+    steps.prepare(params, out=artifact(tmp_path, "dataset"))
+    mlflow.set_tracking_uri(tiny_tracking(tmp_path).resolved_uri)
     run_id = mlflow.MlflowClient().create_run(
         mlflow.MlflowClient().create_experiment("eval-test", artifact_location=(tmp_path / "art").as_uri())
     ).info.run_id
     torch.manual_seed(0)
     for role, arch in (("teacher", "teacher_tiny"), ("student", "mobile_tiny")):
-        save_model_file(tmp_path / "models" / f"{role}.pt", arch, {}, create_model(arch), {"mlflow_run_id": run_id})
+        save_model_file(tmp_path / "models" / f"{role}.pt", arch, {}, create_model(arch),
+                        {"mlflow_run_id": run_id, "input_size": 48})
     return params, run_id
 
 
 def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp_path, prepared_with_models):
     params, run_id = prepared_with_models
     params.evaluate.int8 = True
-    results = steps.evaluate(params)
+    models = {"teacher": artifact(tmp_path, "teacher"), "student": artifact(tmp_path, "student")}
+    results = steps.evaluate(params, dataset=artifact(tmp_path, "dataset"), out=artifact(tmp_path, "scores"),
+                             **models, tracking=tiny_tracking(tmp_path))
     assert set(results) == {"teacher", "student", "teacher_int8", "student_int8", "baseline_all_blurred",
                             "baseline_laplacian"}
     delta = results["student"]["int8_delta"]
@@ -43,7 +46,7 @@ def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp
         written = json.loads((metrics_dir / f"{role}.json").read_text())
         assert 0.0 <= written["max_f"] <= 1.0 and 0.0 <= written["infocus_max_f"] <= 1.0
         assert written["efficiency"]["params"] > 0
-        assert written["onnx"]["max_abs_diff"] < 1e-4
+        assert written["onnx"]["max_abs_diff"] < 1e-4 and written["onnx"]["map_max_abs_diff"] < 1e-4
         assert (metrics_dir / "onnx" / f"{role}.onnx").is_file()
     blurred = json.loads((metrics_dir / "baseline_all_blurred.json").read_text())
     with open(tmp_path / "data" / "prepared" / "manifest.csv", newline="") as handle:
@@ -72,8 +75,8 @@ def test_evaluate_scores_a_raw_folder_with_inverted_polarity(tmp_path, prepared_
         sharp_white[:, : 14 * (i + 1)] = 255  # in focus on the left
         Image.fromarray(sharp_white).save(raw / "masks" / f"p{i}.png")
     out = tmp_path / "raw_metrics"
-    results = steps.evaluate(params, models={"student": tmp_path / "models" / "student.pt"}, data_dir=raw,
-                             out_dir=out, layout="folder", polarity="sharp-white")
+    results = steps.evaluate(params, dataset=raw, out=out, student=tmp_path / "models" / "student.pt",
+                             tracking=tiny_tracking(tmp_path), layout="folder", polarity="sharp-white")
     assert results["student"]["n_images"] == 4
     blurred = json.loads((out / "baseline_all_blurred.json").read_text())
     expected_in_focus = np.mean([14 * (i + 1) / 56 for i in range(4)])

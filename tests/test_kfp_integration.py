@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from kfp_fixtures import dummy_credentials, files_containing, mlflow_server, moto_server
+from kfp_fixtures import MlflowServer, dummy_credentials, files_containing, mlflow_server, moto_server, port_closed
 
-from pipelines import cli
+from dbdgan_kfp.pipelines import cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ TINY = [
     "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
     "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
     "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
-    "evaluate.input_size=48", "evaluate.thresholds=32", "evaluate.grid_samples=2",
+    "evaluate.thresholds=32", "evaluate.grid_samples=2",
     "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
 ]
 BUCKET = "dbdgan-it"
@@ -162,30 +162,32 @@ def test_prepare_component_reads_raw_data_from_s3(env: dict[str, str], tmp_path:
     """The prepare component alone (kfp.local runs single components too) on raw data in the bucket."""
     from kfp import local
 
-    from components.prepare import prepare_data
     from dbdgan.storage import upload
+    from dbdgan_kfp.components.prepare import prepare
 
     upload(_raw_pairs(tmp_path / "raw"), f"s3://{BUCKET}/raw/tiny-cuhk")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                raise_on_error=True)
     params_text = (REPO / "params.yaml").read_text()
-    task = prepare_data(params_yaml=params_text, overrides=["data.source=cuhk"],
-                        data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+    task = prepare(params_yaml=params_text, overrides=["data.source=cuhk"], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
     dataset = task.outputs["dataset"]
     rows = (Path(dataset.path) / "manifest.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 12 and dataset.metadata["images"] == 12
 
-    with pytest.raises(RuntimeError, match="prepare-data"):
-        prepare_data(params_yaml=params_text, overrides=[], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+    with pytest.raises(RuntimeError, match="prepare"):
+        prepare(params_yaml=params_text, overrides=[], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
     assert "data.source is 'synthetic'" in capfd.readouterr().out
 
 
-def _stop_when_done(root: Path, task: str, server_stop: Callable[[], None], stopped: threading.Event) -> None:
-    """Stop the tracking server as soon as `task` has finished (its executor output exists)."""
+def _stop_when_done(root: Path, task: str, server: MlflowServer, stopped: threading.Event,
+                    closed: list[bool]) -> None:
+    """Stop the tracking server as soon as `task` has finished (its executor output exists); record whether
+    its port was closed right after, i.e. before the next step could reach a surviving worker."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not stopped.is_set():
         if any(root.glob(f"*/{task}/executor_output.json")):
-            server_stop()
+            server.stop()
+            closed.append(port_closed(server.uri, timeout=0))
             stopped.set()
             return
         time.sleep(0.1)
@@ -198,9 +200,9 @@ def test_tracking_server_outage_fails_clearly_and_registers_nothing(env: dict[st
     server_dir = tmp_path / "mlflow"
     server_dir.mkdir()
     root = tmp_path / "kfp"
-    stopped = threading.Event()
+    stopped, closed = threading.Event(), []
     with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-outage", env) as server:
-        watcher = threading.Thread(target=_stop_when_done, args=(root, "train-teacher", server.stop, stopped),
+        watcher = threading.Thread(target=_stop_when_done, args=(root, "train-teacher", server, stopped, closed),
                                    daemon=True)
         watcher.start()
         start = time.monotonic()
@@ -212,12 +214,13 @@ def test_tracking_server_outage_fails_clearly_and_registers_nothing(env: dict[st
         logs = capfd.readouterr()
 
     text = logs.out + logs.err
+    assert closed == [True], "the tracking server still answered after it was stopped: not an outage"
     assert code == 1, text[-5000:]
     assert "dbdgan pipeline run-local: error:" in logs.err
     assert "distill-student" in text  # the step that lost its tracking server ...
     assert server.uri.removeprefix("http://") in text  # ... names the server it could not reach
     assert elapsed < 240  # bounded retries, no hang
-    assert not list(root.glob("*/register-models/*"))  # registration never started
+    assert not list(root.glob("*/register/*"))  # registration never started
 
     # read the server's store directly: the teacher's training run is there, but nothing was registered
     store = MlflowClient(tracking_uri=f"sqlite:///{server_dir / 'mlflow.db'}")
@@ -238,7 +241,7 @@ def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(env: dict[str, s
     from dbdgan.checkpoint import read_model_file
 
     pretrain: dict[str, Any] = {}
-    for override in [*TINY, "data.synthetic.num_images=16", "seed=1", "register.experiment=it-pretrain"]:
+    for override in [*TINY, "data.synthetic.num_images=16", "seed=1"]:
         key, _, value = override.partition("=")
         *parents, leaf = key.split(".")
         node = pretrain
@@ -254,7 +257,8 @@ def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(env: dict[str, s
     with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-pretrain", env) as server:
         code = _run_local(root, server.uri, "--pretrain-params", str(REPO / "params.yaml"),
                           "--pretrain-params", str(pretrain_file), "--student-name", "pt-student",
-                          "--teacher-name", "pt-teacher", "--mlflow-experiment", "it-real")
+                          "--teacher-name", "pt-teacher", "--mlflow-experiment", "it-real",
+                          "--pretrain-experiment", "it-pretrain")
         logs = capfd.readouterr()
         assert code == 0, logs.out[-5000:] + logs.err[-5000:]
         client = MlflowClient(tracking_uri=server.uri)
@@ -275,4 +279,121 @@ def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(env: dict[str, s
         pre_sha = hashlib.sha256(model(pre, key).read_bytes()).hexdigest()
         assert read_model_file(model(real, key))["metadata"]["init_from_sha256"] == pre_sha
         assert "init_from_sha256" not in read_model_file(model(pre, key))["metadata"]
-    assert len(list(root.glob("*/prepare-data-2/dataset/manifest.csv"))) == 1
+    assert len(list(root.glob("*/prepare-2/dataset/manifest.csv"))) == 1
+
+
+def _tree(overrides: list[str]) -> dict[str, Any]:
+    """Dotted overrides as a nested params overlay."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return tree
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _subprocess(args: list[str], cwd: Path) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _dvc_run(raw: Path, overlay: Path, workspace: Path) -> tuple[str, str]:
+    """`dvc repro` of the repository's dvc.yaml in a fresh repo whose params.yaml and inputs.yaml point at
+    `raw`; returns the prepared manifest's sha256 and the gate's decision."""
+    import json
+    import shutil
+    import sys
+
+    import yaml
+
+    from dbdgan.config import load_params
+
+    workspace.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, workspace / name)
+    (workspace / "src").symlink_to(REPO / "src", target_is_directory=True)
+    params = load_params([REPO / "params.yaml", overlay]).model_dump(mode="json")
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (workspace / "inputs.yaml").write_text(yaml.safe_dump({"raw_data": str(raw)}))
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    _subprocess(["git", "init", "-q"], workspace)
+    _subprocess([dvc, "init", "-q"], workspace)
+    _subprocess([dvc, "repro"], workspace)
+    registered = json.loads((workspace / "reports" / "registered.json").read_text())
+    return _sha(workspace / "data" / "prepared" / "manifest.csv"), registered["student"]["gate"]["result"]
+
+
+def _make_run(raw: Path, overlay: Path, runs: Path) -> tuple[str, str]:
+    """`make train-real` with the overlay as its profile (the venv is taken as installed)."""
+    import json
+
+    store = f"sqlite:///{runs}/mlflow/mlflow.db"
+    _subprocess(["make", "-s", "-o", ".venv/.installed", "train-real", f"DATA={raw}", f"PROFILE={overlay}",
+                 f"RUNS={runs}", f"EXTRA=--tracking-uri {store}"], REPO)
+    registered = json.loads((runs / "real" / "reports" / "registered.json").read_text())
+    return _sha(runs / "real" / "data" / "prepared" / "manifest.csv"), registered["student"]["gate"]["result"]
+
+
+GATES = {"promoted": ["register.gate.min_max_f=0.0", "register.gate.max_mae=1.0"],
+         "rejected": ["register.gate.min_max_f=1.0"]}  # no tiny model reaches max-F 1: the student must fail
+
+
+@pytest.mark.parametrize("decision", sorted(GATES))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_kfp_dvc_and_make_run_the_same_steps_on_a_real_layout_dataset(
+        decision: str, env: dict[str, str], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """One CUHK-layout folder (in S3 for KFP, on disk for DVC and make), one tiny overlay with the gate in
+    `register.gate`: all three runners complete every step, prepare the same manifest and decide alike."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from dbdgan.storage import upload
+
+    raw = _raw_pairs(tmp_path / "raw", count=24)
+    upload(raw, f"s3://{BUCKET}/raw/{decision}")
+    overrides = [*TINY, "data.source=cuhk", *GATES[decision]]
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text(yaml.safe_dump(_tree(overrides)))
+
+    server_dir, root = tmp_path / "mlflow", tmp_path / "kfp"
+    server_dir.mkdir()
+    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-{decision}", env) as server:
+        extra = [arg for override in ["data.source=cuhk", *GATES[decision]] for arg in ("--set", override)]
+        code = _run_local(root, server.uri, "--data-uri", f"s3://{BUCKET}/raw/{decision}", *extra,
+                          "--student-name", f"real-student-{decision}", "--teacher-name", f"real-teacher-{decision}")
+        logs = capfd.readouterr()
+        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
+        client = MlflowClient(tracking_uri=server.uri)
+        versions = {role: client.get_model_version_by_alias(f"real-{role}-{decision}", "challenger")
+                    for role in ("teacher", "student")}
+    (manifest,) = root.glob("*/prepare/dataset/manifest.csv")
+    (registered,) = root.glob("*/register/registered")
+    kfp_registered = yaml.safe_load(registered.read_text())
+    assert {role: v.version for role, v in versions.items()} == {"teacher": "1", "student": "1"}
+    assert versions["student"].tags["dataset_manifest_sha256"] == _sha(manifest)
+    assert len(manifest.read_text().strip().splitlines()) == 1 + 24
+    kfp = (_sha(manifest), kfp_registered["student"]["gate"]["result"])
+    # the pipeline's condition is that decision: the champion step ran exactly when the gate promoted
+    assert bool(list(root.glob("*/announce-champion/champion"))) == (decision == "promoted")
+
+    dvc = _dvc_run(raw, overlay, tmp_path / "dvc")
+    made = _make_run(raw, overlay, tmp_path / "runs")
+    assert kfp == dvc == made == (kfp[0], decision)

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import yaml
 
+from dbdgan import graph
 from dbdgan.config import ConfigError
-from pipelines import cli
-from pipelines.k8s import ClusterSettings
-from pipelines.pipeline import build_pipeline
+from dbdgan_kfp.pipelines import cli
+from dbdgan_kfp.pipelines.k8s import ClusterSettings
+from dbdgan_kfp.pipelines.pipeline import build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_TEXT = (REPO / "params.yaml").read_text()
-STEP_COMPONENTS = ["comp-prepare-data", "comp-validate-data", "comp-train-teacher", "comp-distill-student",
-                   "comp-evaluate-models", "comp-metric-value", "comp-register-models",
-                   "comp-publish-reports"]
+STEP_COMPONENTS = [f"comp-{one.command}" for one in graph.STEPS] + ["comp-publish-reports",
+                                                                   "comp-announce-champion"]
 
 
 def _compile(tmp_path: Path, cluster: ClusterSettings | None) -> tuple[dict, dict]:
@@ -55,35 +55,39 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
     assert set(STEP_COMPONENTS) <= set(spec["components"])
     assert platform == {}  # no Kubernetes settings unless compiling for a cluster
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"params_yaml", "overrides", "data_uri", "reports_uri", "mlflow_tracking_uri", "experiment",
-            "teacher_name", "student_name", "min_student_max_f", "max_student_mae"} <= set(params)
+    assert set(params) == {"params_yaml", "overrides", "data_uri", "reports_uri", "mlflow_tracking_uri",
+                           "experiment", "pretrain_experiment", "teacher_name", "student_name"}
     assert yaml.safe_load(params["params_yaml"]["defaultValue"]) == yaml.safe_load(PARAMS_TEXT)
     assert params["student_name"]["defaultValue"] == "dbd-student"
 
     tasks = _all_tasks(spec)
     conditions = {name: task["triggerPolicy"]["condition"] for name, task in tasks.items()
                   if task.get("triggerPolicy", {}).get("condition")}
-    assert len(conditions) == 3
+    assert len(conditions) == 2
     text = " ".join(conditions.values())
     assert "pipelinechannel--reports_uri'] != ''" in text  # reports are copied only when asked for
-    assert "pipelinechannel--evaluate-models-Output'] >= " in text and "min_student_max_f" in text
-    assert "pipelinechannel--metric-value-Output'] <= " in text and "max_student_mae" in text
-    # register sits inside the innermost condition, not in the root DAG
-    assert "register-models" not in spec["root"]["dag"]["tasks"]
+    # the one gate: the decision promotion.run_gate returned in the register step, nothing recomputed here
+    assert "pipelinechannel--register-Output'] == 'promoted'" in text
+    assert "register" in spec["root"]["dag"]["tasks"]  # every step runs; the gate decides what follows
+    assert "announce-champion" not in spec["root"]["dag"]["tasks"]
     inner = next(comp for comp in spec["components"].values()
-                 if "register-models" in comp.get("dag", {}).get("tasks", {}))
-    assert inner["dag"]["tasks"]["register-models"]["componentRef"]["name"] == "comp-register-models"
+                 if "announce-champion" in comp.get("dag", {}).get("tasks", {}))
+    assert inner["dag"]["tasks"]["announce-champion"]["componentRef"]["name"] == "comp-announce-champion"
 
     caching = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()
                if not name.startswith("condition")}
-    assert caching == {"prepare-data": True, "validate-data": True, "train-teacher": False,
-                       "distill-student": False, "evaluate-models": True, "metric-value": True,
-                       "register-models": False, "publish-reports": False}
-    assert "validate-data" in tasks["train-teacher"]["dependentTasks"]  # no training on unvalidated data
+    assert caching == {"prepare": True, "validate": True, "train-teacher": False, "distill-student": False,
+                       "evaluate": True, "register": False, "publish-reports": False, "announce-champion": False}
+    assert "validate" in tasks["train-teacher"]["dependentTasks"]  # no training on unvalidated data
     # a run id among the inputs would make every run a cache miss: only the uncached steps get it
     run_id_users = {name for name, task in tasks.items()
                     if "run_id" in task.get("inputs", {}).get("parameters", {})}
-    assert run_id_users == {"register-models", "publish-reports"}
+    assert run_id_users == {"register", "publish-reports"}
+    # every artifact a step reads comes from the step the table says produces it
+    for one in graph.STEPS:
+        for name in one.inputs:
+            source = tasks[one.command]["inputs"]["artifacts"][name]["taskOutputArtifact"]
+            assert source == {"outputArtifactKey": name, "producerTask": graph.producer(name).command}
 
 
 def test_components_run_the_project_image_without_pip(tmp_path: Path) -> None:
@@ -120,7 +124,7 @@ def test_cluster_compile_carries_kubernetes_settings(tmp_path: Path) -> None:
             assert "accelerator" not in _executor(spec, step)["resources"]
     retries = {name: task.get("retryPolicy", {}).get("maxRetryCount")
                for name, task in _all_tasks(spec).items() if not name.startswith("condition")}
-    assert retries.pop("register-models") is None  # registering is not idempotent
+    assert retries.pop("register") is None  # registering is not idempotent
     assert set(retries.values()) == {2}
 
 
@@ -165,20 +169,21 @@ def test_cli_compile_local_and_image(tmp_path: Path) -> None:
 
 
 def test_cli_compile_overlays_a_profile(tmp_path: Path) -> None:
-    """A GPU profile with a real data source compiles: its folder comes from data_uri at run time."""
+    """A GPU profile with a real data source compiles: its folder comes from data_uri at run time, and
+    nothing but the prepare step needs it."""
     out = tmp_path / "gpu.yaml"
     assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--params",
                      str(REPO / "profiles" / "paper-gpu.yaml"), "--out", str(out)]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))
     baked = yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"])
     assert baked["model"]["teacher"] == "teacher_paper" and baked["data"]["source"] == "cuhk"
-    assert baked["data"]["input"] is None
+    assert "input" not in baked["data"]  # params hold no paths
 
 
 def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path) -> None:
     """--pretrain-params adds pre-training on synthetic data whose models initialise the real trainings."""
     out = tmp_path / "pretrain.yaml"
-    profile = ["--params", str(REPO / "params.yaml"), "--params", str(REPO / "profiles" / "cuhk-cpu.yaml")]
+    profile = ["--params", str(REPO / "params.yaml"), "--params", str(REPO / "profiles" / "cuhk-cpu-scratch.yaml")]
     pretrain = ["--pretrain-params", str(REPO / "params.yaml"),
                 "--pretrain-params", str(REPO / "profiles" / "synthetic-pretrain.yaml")]
     assert cli.main(["compile", *profile, *pretrain, "--out", str(out)]) == 0
@@ -191,14 +196,14 @@ def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path
                 for name in ("train-teacher-2", "distill-student-2")}
     assert producer == {"train-teacher-2": {"outputArtifactKey": "teacher", "producerTask": "train-teacher"},
                         "distill-student-2": {"outputArtifactKey": "student", "producerTask": "distill-student"}}
-    assert tasks["train-teacher"]["taskInfo"]["name"] == "pre-train teacher (synthetic)"
+    assert tasks["train-teacher"]["taskInfo"]["name"] == "pretrain train teacher"
     assert tasks["train-teacher-2"]["taskInfo"]["name"] == "train teacher"
     pre_data = tasks["train-teacher"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
     baked = yaml.safe_load(tasks[pre_data]["inputs"]["parameters"]["params_yaml"]["runtimeValue"]["constant"])
     assert baked["data"]["source"] == "synthetic" and baked["model"]["teacher"] == "teacher_small"
     real_data = tasks["train-teacher-2"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
-    assert real_data != pre_data and "validate-data" in tasks["train-teacher-2"]["dependentTasks"]
-    evaluated = tasks["evaluate-models"]["inputs"]["artifacts"]["student"]["taskOutputArtifact"]
+    assert real_data != pre_data and "validate-2" in tasks["train-teacher-2"]["dependentTasks"]
+    evaluated = tasks["evaluate"]["inputs"]["artifacts"]["student"]["taskOutputArtifact"]
     assert evaluated["producerTask"] == "distill-student-2"  # the fine-tuned student goes on, not the pre-trained
     for name in ("train-teacher", "distill-student"):
         assert tasks[name].get("cachingOptions", {}).get("enableCache", False) is False
@@ -213,7 +218,7 @@ def test_pretraining_must_train_the_same_networks() -> None:
     with pytest.raises(ValueError, match="model.teacher is 'teacher_small' but the real run's is 'teacher_tiny'"):
         build_pipeline(PARAMS_TEXT, pretrain_text="model:\n  teacher: teacher_small\n")
     with pytest.raises(ValueError, match="data.source must be 'synthetic'"):
-        build_pipeline(PARAMS_TEXT, pretrain_text="data:\n  source: cuhk\n  input: /x\n")
+        build_pipeline(PARAMS_TEXT, pretrain_text="data:\n  source: cuhk\n")
 
 
 def test_cli_reports_a_missing_params_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,7 +252,7 @@ def test_submit_compiles_for_the_cluster_and_prints_the_run_url(monkeypatch: pyt
     monkeypatch.setenv("KFP_TOKEN", "PLANTEDSECRETtoken77")
     code = cli.main(["submit", "--host", "https://kfp.example.com/pipeline/", "--namespace", "team-a",
                      "--experiment", "nightly", "--run-name", "r1", "--params", str(REPO / "params.yaml"),
-                     "--set", "train_teacher.epochs=2", "--data-uri", "s3://data/cuhk", "--min-max-f", "0.6",
+                     "--set", "train_teacher.epochs=2", "--data-uri", "s3://data/cuhk", "--student-name", "s-x",
                      "--no-cache"])
     assert code == 0
     [client] = FakeClient.instances
@@ -258,8 +263,8 @@ def test_submit_compiles_for_the_cluster_and_prints_the_run_url(monkeypatch: pyt
     assert run["enable_caching"] is False
     assert run["arguments"]["overrides"] == ["train_teacher.epochs=2"]
     assert run["arguments"]["data_uri"] == "s3://data/cuhk"
-    assert run["arguments"]["min_student_max_f"] == 0.6
-    assert "max_student_mae" not in run["arguments"]  # unset flags keep the pipeline defaults
+    assert run["arguments"]["student_name"] == "s-x"
+    assert "teacher_name" not in run["arguments"]  # unset flags keep the pipeline defaults
     assert len(run["package"]) == 2  # compiled with the Kubernetes platform settings
     out = capsys.readouterr().out
     assert "https://kfp.example.com/pipeline/#/runs/details/run-123" in out
@@ -286,7 +291,7 @@ def test_submit_to_an_unreachable_host_fails_clearly(monkeypatch: pytest.MonkeyP
 
 
 def test_library_never_imports_kfp() -> None:
-    code = ("import sys, dbdgan.steps, dbdgan.storage, dbdgan.cli, components._runtime\n"
+    code = ("import sys, dbdgan.steps, dbdgan.storage, dbdgan.cli, dbdgan_kfp.components._runtime\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'dvc'))\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

@@ -13,8 +13,10 @@ import pytest
 import yaml
 from pipeline_fixtures import REPO
 
+from dbdgan.graph import STEPS
+
 BIN = Path(sys.executable).parent
-STAGES = ["prepare", "validate", "train_teacher", "distill_student", "evaluate", "register"]
+STAGES = [step.name for step in STEPS]
 
 
 def _tiny_params() -> dict:
@@ -22,7 +24,7 @@ def _tiny_params() -> dict:
     params["data"]["synthetic"].update(num_images=30, size=48)
     for stage in ("train_teacher", "distill_student"):
         params[stage].update(epochs=1, batch_size=4, image_size=48)
-    params["evaluate"].update(input_size=48, efficiency_size=64, efficiency_runs=1, grid_samples=2)
+    params["evaluate"].update(efficiency_size=64, efficiency_runs=1, grid_samples=2)
     return params
 
 
@@ -41,7 +43,8 @@ def _ran_stages(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", "inputs.yaml"):
+        shutil.copy(REPO / name, root / name)
     (root / "src").symlink_to(REPO / "src", target_is_directory=True)
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _run(["git", "init", "-q"], root)

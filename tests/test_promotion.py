@@ -29,7 +29,7 @@ from dbdgan.promotion import (
     rollback,
     run_gate,
 )
-from dbdgan.tracking import configure
+from dbdgan.tracking import Tracking, configure
 
 NAME = "dbd-student"
 GATE = GateParams(max_f_margin=0.01, mae_margin=0.005, max_params=1_000_000, max_latency_ms=50.0,
@@ -78,7 +78,7 @@ def test_without_champion_absolute_floors_apply():
 
 
 def test_gate_params_come_from_register_section_or_defaults():
-    params = tiny_params(Path("/tmp/unused"))
+    params = tiny_params()
     assert gate_params(params.register) == (getattr(params.register, "gate", None) or GateParams())
 
     class Register:
@@ -207,14 +207,16 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from pipeline_fixtures import tiny_params
 from dbdgan.registry import register_models
+from dbdgan.tracking import ModelNames, Tracking
 
 root, go = Path(sys.argv[1]), Path(sys.argv[2])
-params = tiny_params(root)  # the store comes from MLFLOW_TRACKING_URI
-student = {{params.register.student_name: root / "models/student.pt"}}
+params = tiny_params()
+student = {{"student": root / "models/student.pt"}}
 (root / "ready").touch()
 while not go.exists():
     time.sleep(0.01)
-result = register_models(params, student, root / "metrics", root / "data/prepared/manifest.csv")
+result = register_models(params, student, ModelNames(), root / "metrics", root / "data/prepared/manifest.csv",
+                         Tracking())  # the store comes from MLFLOW_TRACKING_URI
 print(result["student"]["version"], result["student"]["gate"]["result"])
 """
 
@@ -226,7 +228,7 @@ def test_racing_registrations_both_become_versions_and_one_champion(tmp_path, mo
     shutil.copy(empty_store, tmp_path / "shared/mlflow.db")
     store = f"sqlite:///{tmp_path}/shared/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    configure(tiny_params(tmp_path, [f"register.artifact_location={tmp_path}/shared/artifacts"]).register)
+    configure(Tracking(artifact_location=f"{tmp_path}/shared/artifacts"), tiny_params().register.service_timeout_s)
     script = tmp_path / "racer.py"
     script.write_text(RACER.format(tests=str(TESTS)))
     go = tmp_path / "go"

@@ -13,13 +13,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from PIL import Image
-from pipeline_fixtures import tiny_params
+from pipeline_fixtures import tiny_params, tiny_tracking
 
 from dbdgan.checkpoint import load_model_file, save_model_file
 from dbdgan.models import create_model
 from dbdgan.predict import blur_maps, load_predictor, predict_paths
 from dbdgan.registry import params_hash, register_models
-from dbdgan.tracking import configure
+from dbdgan.tracking import ModelNames, configure
 
 GOOD = {"max_f": 0.81, "mae": 0.12}
 
@@ -39,32 +39,32 @@ def write_metrics(path: Path, max_f: float, mae: float, params: int = 120_000, l
 
 def make_model_file(path: Path, arch: str, run_id: str = "", seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    save_model_file(path, arch, {}, create_model(arch), {"mlflow_run_id": run_id, "epoch": 1})
+    # input_size: the validation size training stores in every model file, which the registry copies
+    save_model_file(path, arch, {}, create_model(arch), {"mlflow_run_id": run_id, "epoch": 1, "input_size": 48})
     return path
 
 
 def make_workspace(root: Path, student_metrics: dict | None = None, training_run: bool = True,
                    seed: int = 0) -> tuple:
-    """Params pointing at a sqlite store under `root`, model files, metrics and a manifest."""
-    params = tiny_params(root)
-    configure(params.register)
+    """Params, a sqlite store under `root` (its Tracking), model files by role, metrics and a manifest."""
+    params, tracking = tiny_params(), tiny_tracking(root)
+    configure(tracking, params.register.service_timeout_s)
     run_id = ""
     if training_run:
         client = MlflowClient()
-        exp = mlflow.get_experiment_by_name(params.register.experiment)
+        exp = mlflow.get_experiment_by_name(tracking.experiment)
         run_id = client.create_run(exp.experiment_id, run_name="distill_student").info.run_id
         client.set_terminated(run_id)
     models = {
-        params.register.teacher_name: make_model_file(root / "models/teacher.pt", "teacher_tiny", seed=seed),
-        params.register.student_name: make_model_file(root / "models/student.pt", "mobile_tiny", run_id,
-                                                      seed),
+        "teacher": make_model_file(root / "models/teacher.pt", "teacher_tiny", seed=seed),
+        "student": make_model_file(root / "models/student.pt", "mobile_tiny", run_id, seed),
     }
     write_metrics(root / "metrics/teacher.json", 0.85, 0.1, params=400_000)
     write_metrics(root / "metrics/student.json", **(student_metrics or GOOD))
     manifest = root / "data/prepared/manifest.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text("id,split\na,test\n")
-    return params, models, run_id, manifest
+    return params, models, run_id, manifest, tracking
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -78,10 +78,10 @@ def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        params, models, run_id, manifest = make_workspace(root)
-        result = register_models(params, models, root / "metrics", manifest)
+        params, models, run_id, manifest, tracking = make_workspace(root)
+        result = register_models(params, models, ModelNames(), root / "metrics", manifest, tracking)
         yield {"root": root, "params": params, "models": models, "run_id": run_id, "result": result,
-               "client": MlflowClient(params.register.tracking_uri)}
+               "client": MlflowClient(tracking.resolved_uri), "tracking": tracking}
 
 
 def test_versions_tags_aliases_and_run_link(registered):
@@ -130,7 +130,7 @@ def test_pyfunc_takes_arrays_bytes_and_dataframes(registered):
     maps = model.predict(batch)
     assert maps.shape == (2, 40, 52) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
-    expected = blur_maps(load_model_file(registered["models"]["dbd-student"]), list(batch), input_size=48)
+    expected = blur_maps(load_model_file(registered["models"]["student"]), list(batch), input_size=48)
     np.testing.assert_allclose(maps, np.stack(expected), atol=1e-5)
 
     other = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
@@ -157,7 +157,7 @@ def test_predict_from_the_registered_champion(registered, tmp_path):
     """models:/NAME@ALIAS: artifacts downloaded, weights loaded with weights_only=True, stored input size."""
     loaded = load_predictor("models:/dbd-student@champion")
     assert loaded.input_size in (48, (48, 48))
-    reference = load_model_file(registered["models"]["dbd-student"])
+    reference = load_model_file(registered["models"]["student"])
     for ours, theirs in zip(loaded.model.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
     image = tmp_path / "photo.png"
@@ -175,10 +175,11 @@ def test_missing_or_broken_metrics_are_clear_errors(registered, tmp_path):
     manifest = registered["root"] / "data/prepared/manifest.csv"
     write_metrics(tmp_path / "teacher.json", 0.8, 0.1)
     with pytest.raises(FileNotFoundError, match="student.json"):
-        register_models(params, models, tmp_path, manifest)
+        register_models(params, models, ModelNames(), tmp_path, manifest, registered["tracking"])
     (tmp_path / "student.json").write_text(json.dumps({"mae": 0.1}))
     with pytest.raises(ValueError, match="lacks max_f"):
-        register_models(params, models, tmp_path, manifest)
+        register_models(params, models, ModelNames(), tmp_path, manifest, registered["tracking"])
     with pytest.raises(ValueError, match="neither"):
-        register_models(params, {"someone-else": models["dbd-student"]}, tmp_path, manifest)
+        register_models(params, {"someone-else": models["student"]}, ModelNames(), tmp_path, manifest,
+                        registered["tracking"])
     assert len(registered["client"].search_model_versions("name='dbd-teacher'")) == 1  # nothing half-done

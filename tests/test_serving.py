@@ -21,6 +21,7 @@ from PIL import Image
 from test_registry import make_workspace
 
 from dbdgan.registry import register_models
+from dbdgan.tracking import ModelNames
 
 STARTUP_S = 120
 
@@ -46,9 +47,10 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        params, models, _, manifest = make_workspace(root, training_run=False)
-        student = params.register.student_name
-        result = register_models(params, {student: models[student]}, root / "metrics", manifest)
+        params, models, _, manifest, tracking = make_workspace(root, training_run=False)
+        student = ModelNames().student
+        result = register_models(params, {"student": models["student"]}, ModelNames(), root / "metrics", manifest,
+                                 tracking)
     assert result["student"]["gate"]["result"] == "promoted"
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
@@ -57,7 +59,7 @@ def server(tmp_path_factory):
                "-h", "127.0.0.1", "-p", str(port)]
     log_path = root / "serve.log"
     bin_dir = str(Path(sys.executable).parent)  # the server execs uvicorn from the same environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": params.register.tracking_uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.resolved_uri,
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,

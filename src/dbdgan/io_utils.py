@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,22 +53,68 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{socket.gethostname()}-"
+
+
+def _clean_stale_temps(path: Path) -> None:
+    """Remove temp folders that an atomic_dir of `path` on this host left behind when its process died."""
+    prefix = _temp_prefix(path)
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if entry.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _recover(path: Path, old: Path) -> None:
+    """Finish a replacement that a crash interrupted: the saved copy is the truth until a new one is in place."""
+    if not (old.exists() or old.is_symlink()):
+        return
+    if path.exists() or path.is_symlink():
+        _remove(old)  # crashed after the new folder was in place: the copy is garbage
+    else:
+        os.replace(old, path)  # crashed between the two renames: put the saved copy back
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on success it replaces `path`, on error it is removed."""
-    path = Path(path)
+    """Yield a temp directory beside `path`; on success it replaces `path`, on error it is removed.
+
+    Crash-safe: the old folder is set aside and only deleted once the new one is in place; a later call
+    restores it if a crash came between the two renames, and deletes temp folders of dead processes.
+    """
+    path = Path(os.path.abspath(path))  # "." and "dir/.." name a folder too
+    if path.parent == path:
+        raise ValueError(f"refusing to replace the root folder {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old")
+    _recover(path, old)
+    _clean_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{os.getpid()}-", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(f".{path.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         os.replace(path, old)
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)

@@ -7,29 +7,21 @@ skipped, the others still run, and the summary lists each failure so the caller'
 from __future__ import annotations
 
 import io
-import json
 import logging
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
-from dbdgan.checkpoint import load_model_file, model_from_payload, read_model_file
-from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, ImageError, image_to_rgb, open_image
-from dbdgan.inference import predict_probability
+from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, ImageError, image_to_rgb, open_image, upright
+from dbdgan.inference import InputSize, LoadedModel, blur_maps, load_predictor
 from dbdgan.io_utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-NetSize = int | tuple[int, int] | None
-InputSize = NetSize | Literal["auto"]
+SizeChoice = InputSize | Literal["auto"]  # what `dbdgan predict --input-size` accepts
 OVERLAY_COLOUR = np.array([255.0, 0.0, 0.0])  # blurred pixels are tinted red
 OVERLAY_ALPHA = 0.6
 _NOTES = {"L": "greyscale", "LA": "greyscale with alpha (alpha ignored)", "RGBA": "RGBA (alpha ignored)",
@@ -47,97 +39,6 @@ class PredictionFailed(RuntimeError):
         shown = "; ".join(f"{f['path']}: {f['error']}" for f in failed[:5])
         shown += " ..." if len(failed) > 5 else ""
         super().__init__(f"{len(failed)} of {summary['inputs']} inputs failed: {shown}")
-
-
-@dataclass
-class LoadedModel:
-    """A network ready to run, with the input size it was registered with (None: native resolution)."""
-
-    model: nn.Module
-    source: str
-    input_size: NetSize = None
-
-
-def is_model_uri(text: str) -> bool:
-    """MLflow URIs (models:/, runs:/, s3://, ...) as opposed to a local model file."""
-    return "://" in text or text.startswith(("models:/", "runs:/"))
-
-
-def checkpoint_from_mlflow_dir(model_dir: Path) -> tuple[Path, NetSize]:
-    """The checkpoint file and stored input size inside a downloaded dbdgan pyfunc model directory."""
-    import yaml
-
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
-        raise ValueError(f"{model_dir} is not an MLflow model directory (no MLmodel file)")
-    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
-    artifacts = flavor.get("artifacts") or {}
-    if "checkpoint" not in artifacts:
-        raise ValueError(f"{mlmodel} has no 'checkpoint' artifact: not a dbdgan model")
-    checkpoint = model_dir / artifacts["checkpoint"]["path"]
-    input_size = None
-    if "inference" in artifacts:
-        input_size = json.loads((model_dir / artifacts["inference"]["path"]).read_text()).get("input_size")
-        input_size = tuple(input_size) if isinstance(input_size, list) else input_size
-    return checkpoint, input_size
-
-
-def load_predictor(model: str | Path, tracking_uri: str | None = None) -> LoadedModel:
-    """A local model file, or an MLflow model URI such as `models:/dbd-student@champion`.
-
-    For a URI only the artifacts are downloaded; the weights are read with `torch.load(weights_only=True)`
-    (never the pickled pyfunc object), so loading a registered model cannot run arbitrary code.
-    """
-    text = str(model)
-    if not is_model_uri(text):
-        payload = read_model_file(text)
-        size = payload["metadata"].get("input_size")  # the whole-image size it was validated at in training
-        return LoadedModel(model_from_payload(payload, text), source=text,
-                           input_size=tuple(size) if isinstance(size, list) else size)
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tmp))
-        except Exception as exc:  # MlflowException, missing alias, unreachable server: name the URI
-            where = mlflow.get_tracking_uri()
-            raise ValueError(f"cannot download model {text!r} from {where}: {exc}") from exc
-        checkpoint, input_size = checkpoint_from_mlflow_dir(local)
-        return LoadedModel(load_model_file(checkpoint), source=text, input_size=input_size)
-
-
-@torch.no_grad()
-def blur_maps(model: nn.Module, images: Sequence[np.ndarray], input_size: NetSize = None,
-              batch_size: int = 4) -> list[np.ndarray]:
-    """uint8 HxWx3 images of any sizes -> float32 HxW blur probabilities, batched through predict_probability.
-
-    With an `input_size`, images of different sizes share a batch: each is resized to the network size as
-    predict_probability would, and each map is resized back to its own image.
-    """
-    from dbdgan.inference import to_tensor
-
-    maps: list[np.ndarray] = []
-    for start in range(0, len(images), max(1, batch_size)):
-        tensors = [to_tensor(img) for img in images[start:start + batch_size]]
-        sizes = [t.shape[-2:] for t in tensors]
-        if all(s == sizes[0] for s in sizes):
-            probs = predict_probability(model, torch.cat(tensors), input_size)
-            maps.extend(p[0].numpy() for p in probs)
-            continue
-        if input_size is None:  # native resolution: sizes cannot share a batch
-            maps.extend(predict_probability(model, t)[0, 0].numpy() for t in tensors)
-            continue
-        net = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        batch = torch.cat([t if tuple(t.shape[-2:]) == net else
-                           F.interpolate(t, size=net, mode="bilinear", align_corners=False, antialias=True)
-                           for t in tensors])
-        probs = predict_probability(model, batch, input_size)
-        for prob, size in zip(probs, sizes, strict=True):
-            back = F.interpolate(prob[None], size=tuple(size), mode="bilinear", align_corners=False)
-            maps.append(back[0, 0].clamp_(0.0, 1.0).numpy())
-    return [m.astype(np.float32, copy=False) for m in maps]
 
 
 def image_files(paths: Iterable[str | Path],
@@ -176,7 +77,7 @@ def _load(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None]:
     """uint8 RGB pixels and a note when the file needed converting (greyscale, alpha, 16-bit ...)."""
     with open_image(path, max_pixels) as image:
         mode = image.mode
-        rgb = np.ascontiguousarray(image_to_rgb(image))
+        rgb = np.ascontiguousarray(image_to_rgb(upright(image)))  # the map lies over the photo as it is shown
     note = None if mode == "RGB" else f"{_NOTES.get(mode, mode)} input converted to RGB"
     return rgb, note
 
@@ -194,19 +95,27 @@ def overlay(image: np.ndarray, prob: np.ndarray) -> np.ndarray:
 
 
 def _output_stems(files: list[Path]) -> list[str]:
-    """One output name per input: the stem, with a counter when two inputs share a stem."""
-    seen: dict[str, int] = {}
+    """One distinct output name per input (case-insensitively, for case-insensitive file systems).
+
+    A stem that only one input has keeps it; a repeated stem gets the first free `-N`, never one that another
+    input's own stem or an earlier name already took, so no map of the same call is overwritten.
+    """
+    taken = {path.stem.lower() for path in files}
+    used: set[str] = set()
     stems = []
     for path in files:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
+        name, count = path.stem, 1
+        while name.lower() in used or (count > 1 and name.lower() in taken):
+            count += 1
+            name = f"{path.stem}-{count}"
+        used.add(name.lower())
+        stems.append(name)
     return stems
 
 
 def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | LoadedModel,
                   out_dir: str | Path, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  input_size: InputSize = "auto", *, tracking_uri: str | None = None,
+                  input_size: SizeChoice = "auto", *, tracking_uri: str | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Write `<stem>_blur.png` (8-bit, 255 = blurred) and `<stem>_overlay.png` per image, at its resolution.
 

@@ -9,6 +9,7 @@ why and which metrics were compared.
 Decisions on one registered model are serialised by a mutex held in the registry itself (a transient
 registered model `<name>.promotion-lock`, whose creation is atomic in every MLflow backend), so two
 registrations racing each compare against the champion the other left, and `champion` ends on one version.
+Its holder keeps a heartbeat on it; a crashed holder's lock is broken by one waiter once the heartbeat stops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +44,13 @@ MAX_F, MAE = "max_f", "mae"
 PARAMS, LATENCY = "efficiency.params", "efficiency.latency_ms_b1"
 COMPARED = (MAX_F, MAE, PARAMS, LATENCY)
 LOCK_SUFFIX = ".promotion-lock"
+REGISTER_LOCK_SUFFIX = ".register-lock"
+# `dbdgan register` creates versions tagged incomplete and marks them complete once every write succeeded;
+# the gate and `promote` refuse an incomplete version (versions without the tag predate it: complete).
+REGISTRATION_TAG = "registration"
+INCOMPLETE, COMPLETE = "incomplete", "complete"
 LOCK_TIMEOUT_S = 120.0
-LOCK_STALE_S = 600.0
+LOCK_STALE_S = 30.0  # a lock whose heartbeat (every LOCK_STALE_S / 4) stopped this long ago is broken
 _HISTORY_MAX = 200
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
 
@@ -186,21 +193,103 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "error_code", ""))
 
 
+class LockHeldError(TimeoutError):
+    """A registry lock stayed held by a live holder for longer than the caller would wait."""
+
+
+@dataclass
+class _Sighting:
+    """A lock instance (its creation time) and its heartbeat as this waiter last saw them, and since when."""
+
+    created: int
+    heartbeat: str
+    since: float
+
+
+def _owner() -> str:
+    return f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_dead(owner: str) -> bool:
+    """The holder ran on this host and its process is gone (the only death we can see without waiting)."""
+    host_pid = owner.rpartition("@")[2]
+    host, _, pid = host_pid.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _heartbeat(client: Any, lock: str, stop: threading.Event, every_s: float) -> None:
+    """Refresh the lock's heartbeat tag until `stop`, so waiters can tell a live holder from a dead one."""
+    from mlflow.exceptions import MlflowException
+
+    beat = 0
+    while not stop.wait(every_s):
+        beat += 1
+        try:
+            client.set_registered_model_tag(lock, "heartbeat", str(beat))
+        except MlflowException as exc:  # the server is down or the lock was broken: the holder's calls will say
+            log.debug("heartbeat of %s failed: %s", lock, exc)
+
+
+def _break_stale(client: Any, lock: str, created: int, owner: str) -> None:
+    """Delete lock instance `created`, claimed first by creating `<lock>.break-<created>` (atomic): of many
+    waiters that find the same lock stale, one deletes it, and none deletes the lock taken after it."""
+    from mlflow.exceptions import MlflowException
+
+    claim = f"{lock}.break-{created}"
+    try:
+        client.create_registered_model(claim, tags={"owner": _owner()},
+                                       description=f"claim to break the stale {lock}")
+    except MlflowException as exc:
+        if _error_code(exc) not in _ALREADY_EXISTS:
+            raise
+        try:  # another waiter is breaking it; if that waiter died on the way, its claim goes too
+            if _holder_dead(client.get_registered_model(claim).tags.get("owner", "")):
+                _delete_lock(client, claim)
+        except MlflowException as exc2:
+            if _error_code(exc2) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        return
+    try:
+        current = client.get_registered_model(lock)
+        if current.creation_timestamp == created:
+            log.warning("breaking stale lock %s of %s", lock, owner or "an unknown holder")
+            _delete_lock(client, lock)
+    except MlflowException as exc:
+        if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    finally:
+        _delete_lock(client, claim)
+
+
 @contextmanager
 def registry_lock(name: str, client: Any = None, timeout_s: float = LOCK_TIMEOUT_S,
-                  stale_s: float = LOCK_STALE_S) -> Iterator[None]:
-    """Hold the promotion mutex of `name`; a lock older than `stale_s` (a crashed holder) is broken."""
+                  stale_s: float = LOCK_STALE_S, suffix: str = LOCK_SUFFIX) -> Iterator[None]:
+    """Hold the mutex `<name><suffix>`, a registered model whose creation is atomic in every MLflow store.
+
+    The holder refreshes a heartbeat tag every stale_s / 4. A lock is stale when its holder ran on this
+    host and is gone, or when this waiter saw its heartbeat unchanged for `stale_s` (no clocks compared);
+    a stale lock is broken by exactly one waiter. A live holder for longer than `timeout_s` is a
+    LockHeldError naming it.
+    """
     from mlflow.exceptions import MlflowException
 
     client = _client(client)
-    lock = f"{name}{LOCK_SUFFIX}"
-    owner = f"{current_user()}@{socket.gethostname()}:{os.getpid()}"
+    lock = f"{name}{suffix}"
     deadline = time.monotonic() + timeout_s
+    seen: _Sighting | None = None
     while True:
         try:
-            client.create_registered_model(lock, tags={"owner": owner},
-                                           description=f"transient promotion mutex of {name}; "
-                                                       f"safe to delete when older than {stale_s:g} s")
+            client.create_registered_model(lock, tags={"owner": _owner(), "heartbeat": "0"},
+                                           description=f"transient mutex of {name}; its holder refreshes "
+                                                       "the heartbeat tag while it works")
             break
         except MlflowException as exc:
             if _error_code(exc) not in _ALREADY_EXISTS:
@@ -209,18 +298,29 @@ def registry_lock(name: str, client: Any = None, timeout_s: float = LOCK_TIMEOUT
             held = client.get_registered_model(lock)
         except MlflowException:
             continue  # released between our two calls
-        age_s = time.time() - held.creation_timestamp / 1000.0
-        if age_s > stale_s:
-            log.warning("breaking stale lock %s of %s (%.0f s old)", lock, held.tags.get("owner"), age_s)
-            _delete_lock(client, lock)
+        owner, beat, now = held.tags.get("owner", ""), held.tags.get("heartbeat", ""), time.monotonic()
+        if seen is None or (seen.created, seen.heartbeat) != (held.creation_timestamp, beat):
+            seen = _Sighting(held.creation_timestamp, beat, now)
+        if _holder_dead(owner) or now - seen.since > stale_s:
+            _break_stale(client, lock, held.creation_timestamp, owner)
+            seen = None
             continue
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"promotion lock {lock} still held by {held.tags.get('owner', '?')} after "
-                               f"{timeout_s:g} s; delete that registered model if its holder died")
+        if now > deadline:
+            since = datetime.fromtimestamp(held.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
+            raise LockHeldError(f"registry lock {lock} still held by {owner or 'an unknown holder'} (taken "
+                                f"{since}, heartbeat seen {now - seen.since:.0f} s ago); gave up after "
+                                f"{timeout_s:g} s. A dead holder's lock is broken once its heartbeat has "
+                                f"stopped for {stale_s:g} s")
         time.sleep(0.05 + random.random() * 0.15)
+    stop = threading.Event()
+    beater = threading.Thread(target=_heartbeat, args=(client, lock, stop, max(stale_s / 4, 0.01)),
+                              name=f"heartbeat {lock}", daemon=True)
+    beater.start()
     try:
         yield
     finally:
+        stop.set()
+        beater.join()
         _delete_lock(client, lock)
 
 
@@ -251,6 +351,12 @@ def _version_tags(client: Any, name: str, version: int) -> dict[str, str]:
         return dict(client.get_model_version(name, str(version)).tags)
     except MlflowException as exc:
         raise ValueError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
+
+
+def _require_complete(name: str, version: int, tags: dict[str, str]) -> None:
+    if tags.get(REGISTRATION_TAG) == INCOMPLETE:
+        raise ValueError(f"{name} version {version} is an incomplete registration (a `dbdgan register` failed "
+                         "part-way): rerun the register step, which completes or replaces it")
 
 
 def record_decision(name: str, version: int, record: dict[str, Any], client: Any = None) -> dict[str, Any]:
@@ -296,6 +402,7 @@ def run_gate(name: str, version: int, gate: GateParams | None = None, *, user: s
     with registry_lock(name, client):
         champion = _aliases(client, name).get(CHAMPION)
         tags = _version_tags(client, name, version)
+        _require_complete(name, version, tags)
         if champion == version:
             return {"version": version, "result": "unchanged", "reason": "already champion",
                     "champion_before": champion, "champion_after": champion}
@@ -331,6 +438,7 @@ def promote(name: str, version: int, reason: str, user: str | None = None, *, cl
     version = int(version)
     with registry_lock(name, client):
         tags = _version_tags(client, name, version)
+        _require_complete(name, version, tags)
         champion = _aliases(client, name).get(CHAMPION)
         if champion == version:
             raise ValueError(f"{name} version {version} is already the champion")

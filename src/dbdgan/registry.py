@@ -7,12 +7,13 @@ import json
 import logging
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
-from dbdgan.tracking import configure, flatten
+from dbdgan.tracking import ModelNames, Tracking, configure, flatten
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ def _read_evaluation(metrics_dir: Path, role: str, params: Params) -> tuple[dict
     if settings is None:  # written without settings: the protocol is the one params describe
         ev = params.evaluate
         settings = {"split": ev.split, "beta2": ev.beta2, "adaptive_factor": ev.adaptive_factor,
-                    "thresholds": ev.thresholds, "flip_tta": ev.flip_tta,
-                    "input_size": [ev.input_size] * 2 if ev.input_size else "native"}
+                    "thresholds": ev.thresholds, "flip_tta": ev.flip_tta}
     metrics = {}
     for key, value in flatten(data).items():
         try:
@@ -96,7 +96,7 @@ mlflow.models.set_model(BlurMapModel())
 """
 
 
-def _log_pyfunc(model_path: Path, input_size: int | None) -> Any:
+def _log_pyfunc(model_path: Path, input_size: Any) -> Any:
     """Log the pyfunc under the active run, as a model from code (nothing is pickled).
 
     The input schema is a batch of objects (arrays or encoded bytes: MLflow has no union type); the example
@@ -137,48 +137,138 @@ def _training_run(client: Any, run_id: str | None) -> str | None:
     return run_id
 
 
-def register_models(params: Params, models: dict[str, Path], metrics_dir: Path,
-                    manifest: Path) -> dict[str, Any]:
-    """`models` maps registered name -> model file; the role (teacher/student) is read from params.
+def _preflight(client: Any, experiment_id: str, names: list[str]) -> dict[str, bool]:
+    """Reach every service a registration writes to before the first write; {name: registered model exists}.
+
+    The tracking server answered in configure(); here the registry and, for an experiment that stores
+    artifacts in S3 itself, the bucket.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from dbdgan.storage import S3Store, is_s3_uri, parse_s3_uri
+
+    existed = {}
+    for name in names:
+        try:
+            client.get_registered_model(name)
+            existed[name] = True
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            existed[name] = False
+    experiment = mlflow.get_experiment(experiment_id)
+    if is_s3_uri(experiment.artifact_location):
+        S3Store().check_bucket(parse_s3_uri(experiment.artifact_location))
+    return existed
+
+
+def _same_version(client: Any, name: str, tags: dict[str, str]) -> Any:
+    """The version of `name` that already holds this model file with these metrics (a rerun), or None."""
+    from dbdgan.promotion import MANIFEST_TAG, METRIC_PREFIX, PROTOCOL_TAG
+
+    keys = {"model_sha256", MANIFEST_TAG, PROTOCOL_TAG, *(k for k in tags if k.startswith(METRIC_PREFIX))}
+    found = client.search_model_versions(f"name='{name}' and tags.model_sha256='{tags['model_sha256']}'")
+    same = [v for v in found if all(v.tags.get(k) == tags[k] for k in keys)]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def _new_version(client: Any, name: str, role: str, model_path: Path, payload: dict[str, Any],
+                 metrics: dict[str, float], tags: dict[str, str]) -> Any:
+    """Log the pyfunc under the training run and register it, tagged incomplete until the whole call is done."""
+    import mlflow
+
+    from dbdgan.promotion import INCOMPLETE, REGISTRATION_TAG
+
+    run_id = _training_run(client, tags["training_run_id"] or None)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register_{role}"):
+        mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()})
+        # the size the network was validated at, from its file: the one source of a model's input size
+        info = _log_pyfunc(model_path, payload["metadata"].get("input_size"))
+    return mlflow.register_model(info.model_uri, name, tags={**tags, REGISTRATION_TAG: INCOMPLETE})
+
+
+def _undo(client: Any, written: list[tuple[str, str]], existed: dict[str, bool]) -> None:
+    """Best effort: delete the versions a failed call created; what cannot be deleted stays tagged incomplete,
+    which the gate and `promote` refuse."""
+    for name, version in reversed(written):
+        try:
+            client.delete_model_version(name, version)
+            if not existed[name] and not client.search_model_versions(f"name='{name}'"):
+                client.delete_registered_model(name)
+        except Exception as exc:  # noqa: BLE001 - the server may be gone; the original error matters more
+            log.warning("could not undo version %s of %s (%s: %s); it stays tagged incomplete", version, name,
+                        type(exc).__name__, exc)
+
+
+def register_models(params: Params, models: dict[str, Path], names: ModelNames, metrics_dir: Path,
+                    manifest: Path, tracking: Tracking) -> dict[str, Any]:
+    """`models` maps role (teacher, student) -> model file, registered under `names` of that role.
 
     Each model is logged as a pyfunc under its training run, registered as a new version with provenance and
     metric tags, and aliased `challenger`; the student then goes through the promotion gate.
+
+    All or nothing: every service is reached before the first write; registrations of the same names take
+    turns (a lock in the registry); a rerun with the same model files and metrics reuses their versions; a
+    failure part-way deletes the versions this call created, or leaves them tagged `registration=incomplete`
+    (which the gate and `promote` refuse) when even that fails.
     """
-    import mlflow
     from mlflow import MlflowClient
 
-    from dbdgan.promotion import CHALLENGER, MANIFEST_TAG, METRIC_PREFIX, PROTOCOL_TAG, gate_params, run_gate
+    from dbdgan.promotion import (
+        CHALLENGER,
+        COMPLETE,
+        MANIFEST_TAG,
+        METRIC_PREFIX,
+        PROTOCOL_TAG,
+        REGISTER_LOCK_SUFFIX,
+        REGISTRATION_TAG,
+        gate_params,
+        registry_lock,
+        run_gate,
+    )
 
-    configure(params.register)
+    experiment_id = configure(tracking, params.register.service_timeout_s)
     client = MlflowClient()
-    roles = {params.register.teacher_name: "teacher", params.register.student_name: "student"}
-    unknown = sorted(set(models) - set(roles))
+    unknown = sorted(set(models) - {"teacher", "student"})
     if unknown:
-        raise ValueError(f"registered names {unknown} are neither register.teacher_name nor .student_name")
+        raise ValueError(f"roles {unknown} are neither 'teacher' nor 'student'")
     common_tags = {MANIFEST_TAG: _sha256(manifest), "git_commit": _git_commit(),
                    "params_hash": params_hash(params), "teacher_preset": params.model.teacher,
                    "student_preset": params.model.student}
     # read every input first, so a missing metrics file cannot leave half of the models registered
-    inputs = {name: (read_model_file(path), *_read_evaluation(metrics_dir, roles[name], params))
-              for name, path in models.items()}
+    inputs = {role: (read_model_file(path), *_read_evaluation(metrics_dir, role, params))
+              for role, path in models.items()}
+    planned = {role: (getattr(names, role), models[role], payload, metrics, {
+        **common_tags, "role": role, "preset": payload["arch"],
+        "arch_kwargs": json.dumps(payload["arch_kwargs"], sort_keys=True, default=str)[:4000],
+        "model_sha256": _sha256(models[role]), "training_run_id": payload["metadata"].get("mlflow_run_id") or "",
+        PROTOCOL_TAG: protocol, **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}})
+        for role, (payload, metrics, protocol) in inputs.items()}
+    existed = _preflight(client, experiment_id, [entry[0] for entry in planned.values()])
     result: dict[str, Any] = {}
-    for name, (payload, metrics, protocol) in inputs.items():
-        role, model_path = roles[name], models[name]
-        trained_in = payload["metadata"].get("mlflow_run_id") or None
-        run_id = _training_run(client, trained_in)
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register_{role}") as run:
-            mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()})
-            info = _log_pyfunc(model_path, params.evaluate.input_size)
-        tags = {**common_tags, "role": role, "preset": payload["arch"],
-                "arch_kwargs": json.dumps(payload["arch_kwargs"], sort_keys=True, default=str)[:4000],
-                "model_sha256": _sha256(model_path), "training_run_id": trained_in or "",
-                PROTOCOL_TAG: protocol,
-                **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}}
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
-        result[role] = {"name": name, "version": int(version.version), "run_id": run.info.run_id,
-                        "model_uri": f"models:/{name}/{version.version}", "arch": payload["arch"],
-                        "metrics": metrics}
+    written: list[tuple[str, str]] = []  # versions this call created, undone if it fails part-way
+    with ExitStack() as locks:  # registrations of the same names, e.g. racing on one sqlite store, take turns
+        for name in sorted(existed):
+            locks.enter_context(registry_lock(name, client, suffix=REGISTER_LOCK_SUFFIX))
+        try:
+            for role, (name, model_path, payload, metrics, tags) in planned.items():
+                version = _same_version(client, name, tags)
+                if version is None:
+                    version = _new_version(client, name, role, model_path, payload, metrics, tags)
+                    written.append((name, version.version))
+                else:
+                    log.info("%s: version %s already holds this model and these metrics; reusing it",
+                             name, version.version)
+                result[role] = {"name": name, "version": int(version.version), "run_id": version.run_id,
+                                "model_uri": f"models:/{name}/{version.version}", "arch": payload["arch"],
+                                "metrics": metrics, "reused": (name, version.version) not in written}
+            for entry in result.values():  # every version exists: only now are they complete and challengers
+                client.set_model_version_tag(entry["name"], str(entry["version"]), REGISTRATION_TAG, COMPLETE)
+                client.set_registered_model_alias(entry["name"], CHALLENGER, str(entry["version"]))
+        except BaseException:
+            _undo(client, written, existed)
+            raise
     if "student" in result:
         entry = result["student"]
         entry["gate"] = run_gate(entry["name"], entry["version"], gate_params(params.register))

@@ -28,7 +28,7 @@ def decode_image(value: bytes | bytearray | str, max_pixels: int = MAX_SERVED_PI
     """Encoded bytes (or their base64 text) -> uint8 HxWx3; greyscale, alpha and 16-bit are converted."""
     from PIL import Image, UnidentifiedImageError
 
-    from dbdgan.data.imageio import image_to_rgb
+    from dbdgan.data.imageio import image_to_rgb, upright
 
     if isinstance(value, str):
         try:
@@ -42,7 +42,7 @@ def decode_image(value: bytes | bytearray | str, max_pixels: int = MAX_SERVED_PI
             if img.width * img.height > max_pixels:
                 raise ValueError(f"image of {img.width}x{img.height} exceeds the {max_pixels} pixel limit")
             img.load()
-            return np.ascontiguousarray(image_to_rgb(img))
+            return np.ascontiguousarray(image_to_rgb(upright(img)))
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image ({len(value)} bytes): {exc}") from exc
     except OSError as exc:
@@ -112,7 +112,7 @@ class BlurMapModel(mlflow.pyfunc.PythonModel):
         self.input_size = tuple(size) if isinstance(size, list) else size
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
-        from dbdgan.predict import blur_maps
+        from dbdgan.inference import blur_maps
 
         maps = blur_maps(self.model, as_images(model_input), self.input_size, BATCH_SIZE)
         if all(m.shape == maps[0].shape for m in maps):

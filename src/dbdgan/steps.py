@@ -1,91 +1,105 @@
-"""The pipeline steps, one plain function each: the CLI, DVC stages and KFP components all call these."""
+"""The pipeline steps, one plain function each: the CLI, DVC stages and KFP components all call these.
+
+Each takes its hyperparameters (`params`), its inputs and its output by their artifact names in
+`dbdgan.graph.STEPS` (`dataset`, `teacher`, ..., and `out`), and where it tracks and registers (`tracking`,
+`names`). Nothing here reads a path from params.
+"""
 
 from __future__ import annotations
 
-import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dbdgan.config import Params
 from dbdgan.io_utils import atomic_write_json
+from dbdgan.tracking import ModelNames, Tracking
 
-log = logging.getLogger(__name__)
 
+def prepare(params: Params, out: Path, raw: Path | None = None) -> Path:
+    """Raw data (`raw`, a folder of the data.source layout; none for synthetic) -> prepared folder `out`.
 
-def prepare(params: Params, out_dir: str | Path | None = None) -> Path:
-    """Raw data (synthetic or a real layout) -> prepared folder with manifest.csv; returns the manifest path."""
+    Returns the manifest path.
+    """
     from dbdgan.data.prepare import prepare_dataset
 
     data = params.data
-    return prepare_dataset(
-        data.source, Path(out_dir or data.prepared_dir),
-        input_dir=Path(data.input) if data.input else None, polarity=data.polarity, seed=params.seed,
-        split=data.split.model_dump(), synthetic=data.synthetic, max_pixels=data.max_pixels,
-    )
+    if data.source != "synthetic" and raw is None:
+        raise ValueError(f"prepare: data.source is {data.source!r}, so it needs the raw dataset folder "
+                         "(dbdgan prepare --input FOLDER)")
+    return prepare_dataset(data.source, Path(out), input_dir=Path(raw) if raw is not None else None,
+                           polarity=data.polarity, seed=params.seed, split=data.split.model_dump(),
+                           synthetic=data.synthetic, max_pixels=data.max_pixels)
 
 
-def validate(params: Params, data_dir: str | Path | None = None, report_dir: str | Path | None = None) -> Any:
-    """Great Expectations checks on a prepared folder; raises DataValidationError naming each failure."""
+def validate(params: Params, dataset: Path, out: Path) -> Any:
+    """Great Expectations checks on a prepared folder, report in `out`; raises DataValidationError on failure."""
     from dbdgan.data.validation import validate_dataset
 
-    return validate_dataset(Path(data_dir or params.data.prepared_dir), Path(report_dir or params.data.report_dir),
-                            min_size=params.data.min_size, max_pixels=params.data.max_pixels)
+    return validate_dataset(Path(dataset), Path(out), min_size=params.data.min_size,
+                            max_pixels=params.data.max_pixels)
 
 
-def train_teacher(params: Params, data_dir: str | Path | None = None, out_path: str | Path | None = None,
-                  checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+def train_teacher(params: Params, dataset: Path, out: Path, checkpoints: Path, tracking: Tracking = Tracking(),
+                  init: Path | None = None) -> dict[str, Any]:
+    """Train the teacher on `dataset`; the best model goes to `out`, resumable state to `checkpoints`."""
     from dbdgan.training.teacher import train_teacher as run
 
-    return run(params, data_dir=data_dir, out_path=out_path, checkpoint_dir=checkpoint_dir)
+    return run(params, Path(dataset), Path(out), Path(checkpoints), tracking, init=Path(init) if init else None)
 
 
-def distill_student(params: Params, teacher_path: str | Path | None = None, data_dir: str | Path | None = None,
-                    out_path: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+def distill_student(params: Params, dataset: Path, teacher: Path, out: Path, checkpoints: Path,
+                    tracking: Tracking = Tracking(), init: Path | None = None) -> dict[str, Any]:
+    """Distil the student from the `teacher` model file on `dataset`; the best student goes to `out`."""
     from dbdgan.training.student import distill_student as run
 
-    return run(params, teacher_path=teacher_path or params.train_teacher.out, data_dir=data_dir, out_path=out_path,
-               checkpoint_dir=checkpoint_dir)
+    return run(params, Path(dataset), Path(teacher), Path(out), Path(checkpoints), tracking,
+               init=Path(init) if init else None)
 
 
-def evaluate(params: Params, models: dict[str, str | Path] | None = None, data_dir: str | Path | None = None,
-             out_dir: str | Path | None = None, split: str | None = None, layout: str | None = None,
+def evaluate(params: Params, dataset: Path, out: Path, teacher: str | Path | None = None,
+             student: str | Path | None = None, models: Mapping[str, str | Path] | None = None,
+             tracking: Tracking = Tracking(), split: str | None = None, layout: str | None = None,
              polarity: str | None = None) -> dict[str, dict[str, Any]]:
-    """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a prepared split.
+    """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a split of `dataset`.
 
-    With `layout` (cuhk, dut, szu, folder), `data_dir` is a raw dataset folder: it is read through the same
-    readers as `prepare` (polarity normalised) into a temporary folder and every image is scored.
+    `teacher`, `student` and `models` (name -> file or URI) together name the models. With `layout` (cuhk,
+    dut, szu, folder), `dataset` is a raw dataset folder: it is read through the same readers as `prepare`
+    (polarity normalised) into a temporary folder and every image is scored.
     """
     from dbdgan.evaluation.report import evaluate_files
 
-    ev = params.evaluate
-    models = dict(models or {"teacher": params.train_teacher.out, "student": params.distill_student.out})
-    out = Path(out_dir or ev.out_dir)
+    named = {**({"teacher": teacher} if teacher else {}), **({"student": student} if student else {}),
+             **dict(models or {})}
+    if not named:
+        raise ValueError("evaluate: no models given")
     if layout is None:
-        return evaluate_files(models, Path(data_dir or params.data.prepared_dir), out, split=split or ev.split,
-                              params=params)
-    if data_dir is None:
-        raise ValueError("evaluate with a layout needs --data pointing at the raw dataset folder")
+        return evaluate_files(named, Path(dataset), Path(out), split=split or params.evaluate.split,
+                              params=params, tracking=tracking)
     from dbdgan.data.prepare import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="dbdgan-eval-") as tmp:
         prepared = Path(tmp) / "prepared"
-        prepare_dataset(layout, prepared, input_dir=Path(data_dir), polarity=polarity, seed=params.seed,
+        prepare_dataset(layout, prepared, input_dir=Path(dataset), polarity=polarity, seed=params.seed,
                         split={"test": 1.0}, synthetic=None, max_pixels=params.data.max_pixels)
-        return evaluate_files(models, prepared, out, split="test", params=params)
+        return evaluate_files(named, prepared, Path(out), split="test", params=params, tracking=tracking)
 
 
-def register(params: Params, metrics_dir: str | Path | None = None, out_path: str | Path | None = None,
-             data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Log teacher and student as MLflow models, register a version of each with its metrics."""
+def register(params: Params, dataset: Path, teacher: Path, student: Path, scores: Path, out: Path,
+             tracking: Tracking = Tracking(), names: ModelNames = ModelNames()) -> dict[str, Any]:
+    """Register teacher and student (alias `challenger`) with their `scores`; the student meets the gate.
+
+    The summary, written to `out`, holds the gate's decision under ["student"]["gate"]["result"].
+    """
     from dbdgan.registry import register_models
 
-    reg = params.register
-    result = register_models(
-        params,
-        models={reg.teacher_name: Path(params.train_teacher.out), reg.student_name: Path(params.distill_student.out)},
-        metrics_dir=Path(metrics_dir or params.evaluate.out_dir),
-        manifest=Path(data_dir or params.data.prepared_dir) / "manifest.csv",
-    )
-    atomic_write_json(out_path or reg.out, result)
+    result = register_models(params, {"teacher": Path(teacher), "student": Path(student)}, names,
+                             metrics_dir=Path(scores), manifest=Path(dataset) / "manifest.csv", tracking=tracking)
+    atomic_write_json(out, result)
     return result
+
+
+def gate_decision(registered: Mapping[str, Any]) -> str:
+    """The promotion gate's outcome in a register summary: promoted, passed, rejected or unchanged."""
+    return str(registered["student"]["gate"]["result"])

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dbdgan.io_utils import atomic_dir
+from dbdgan.redact import redact
 
 ENDPOINT_ENV_VARS = ("DBDGAN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 MAX_ATTEMPTS_ENV = "DBDGAN_S3_MAX_ATTEMPTS"
@@ -72,14 +73,11 @@ def endpoint_url() -> str | None:
 
 
 def _redact(url: str | None) -> str:
-    """Endpoint for messages: user:password@ in a URL is dropped."""
+    """Endpoint for messages: a password in the URL is masked, the query (presigned tokens) dropped."""
     if not url:
         return "the default AWS endpoint"
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
 
 def _max_attempts(max_attempts: int | None) -> int:
@@ -290,6 +288,15 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_reachable(uri: str, **store_kwargs: Any) -> None:
+    """Fail now, clearly, if a later upload to `uri` could not start (credentials, bucket, endpoint); "" is off.
+
+    A step calls it before its first write, so S3 being down cannot leave half of its work done.
+    """
+    if uri.strip():
+        S3Store(**store_kwargs).check_bucket(parse_s3_uri(uri.strip()))
 
 
 def upload(path: str | Path, uri: str, **store_kwargs: Any) -> list[S3Uri]:

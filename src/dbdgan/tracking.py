@@ -1,33 +1,97 @@
-"""MLflow tracking: one place that knows the tracking URI, the experiment and how params are flattened."""
+"""MLflow tracking: one place that knows the tracking URI, the experiment and how params are flattened.
+
+Where runs are tracked and under which names models are registered are arguments of the steps (`Tracking`,
+`ModelNames`), not params: the CLI, DVC and KFP each pass them explicitly.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbdgan.config import Params, RegisterParams
+from dbdgan.config import Params
+from dbdgan.redact import redact
+
+log = logging.getLogger(__name__)
 
 _SECRET_MARKERS = ("secret", "password", "token", "access_key", "credential")
+_RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+_applied: dict[str, str] = {}  # the retry settings this module exported, so later params may change them
 
 
-def tracking_uri(register: RegisterParams) -> str:
-    """MLFLOW_TRACKING_URI wins over params, so one pipeline runs against a laptop store or a server."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or register.tracking_uri
+LOCAL_STORE = "sqlite:///mlflow/mlflow.db"
+DEFAULT_EXPERIMENT = "dbdgan"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The MLflow store and experiment a step logs to. `uri=None`: $MLFLOW_TRACKING_URI, else the local store."""
+
+    uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    # artifacts of new experiments in a local store; None: `artifacts` beside the sqlite file
+    artifact_location: str | None = None
+
+    @property
+    def resolved_uri(self) -> str:
+        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+
+    def local_artifacts(self) -> Path:
+        if self.artifact_location:
+            return Path(self.artifact_location)
+        uri = self.resolved_uri
+        store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else Path("mlflow/mlflow.db")
+        return store.parent / "artifacts"
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """Registered model names of the two roles."""
+
+    teacher: str = "dbd-teacher"
+    student: str = "dbd-student"
 
 
 def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
-def configure(register: RegisterParams) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
+def retry_settings(timeout_s: float) -> dict[str, str]:
+    """MLflow HTTP client settings whose retries end within about `timeout_s` on an unreachable server.
+
+    urllib3 sleeps 0, 2, 4, ... s (backoff factor 1) plus up to 1 s jitter between attempts: the most
+    retries whose sleeps fit the budget; each request waits at most `timeout_s` for an answer.
+    """
+    retries = 0
+    while 2 ** (retries + 1) - 2 + (retries + 1) <= timeout_s:
+        retries += 1
+    return dict(zip(_RETRY_ENV, (str(retries), "1", "1.0", str(max(1, math.ceil(timeout_s)))), strict=True))
+
+
+def bound_waits(timeout_s: float) -> None:
+    """Export retry_settings(timeout_s) for MLflow, leaving alone any of them that the user set."""
+    for name, value in retry_settings(timeout_s).items():
+        if os.environ.get(name) in (None, _applied.get(name)):
+            os.environ[name] = _applied[name] = value
+
+
+def configure(tracking: Tracking, timeout_s: float) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the experiment id.
+
+    timeout_s: params `register.service_timeout_s`, the longest wait on an unreachable server.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(register)
+    bound_waits(timeout_s)
+    uri = tracking.resolved_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -38,16 +102,16 @@ def configure(register: RegisterParams) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
-    experiment = mlflow.get_experiment_by_name(register.experiment)
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
-        mlflow.set_experiment(register.experiment)
+        mlflow.set_experiment(tracking.experiment)
         return experiment.experiment_id
-    location = Path(register.artifact_location).resolve().as_uri() if _is_local_store(uri) else None
+    location = tracking.local_artifacts().resolve().as_uri() if _is_local_store(uri) else None
     try:
-        experiment_id = mlflow.create_experiment(register.experiment, artifact_location=location)
+        experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=location)
     except MlflowException:
         # Another process created it between our look-up and create: use theirs.
-        experiment = mlflow.get_experiment_by_name(register.experiment)
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is None:
             raise
         experiment_id = experiment.experiment_id
@@ -65,19 +129,41 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         elif any(marker in dotted.lower() for marker in _SECRET_MARKERS):
             continue
         else:
-            flat[dotted] = str(value)[:500]
+            flat[dotted] = redact(str(value))[:500]
     return flat
 
 
+def _existing_run(run_id: str | None) -> str | None:
+    """`run_id` when the configured store has it; None (a new run, with a warning) when it does not."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        import mlflow
+
+        log.warning("MLflow run %s of the checkpoint is not in the tracking store %s (switched or deleted): "
+                    "starting a new run", run_id, redact(mlflow.get_tracking_uri()))
+        return None
+    return run_id
+
+
 @contextmanager
-def stage_run(params: Params, stage: str, run_id: str | None = None, enabled: bool = True) -> Iterator[Any]:
+def stage_run(params: Params, stage: str, tracking: Tracking, run_id: str | None = None,
+              enabled: bool = True) -> Iterator[Any]:
     """Start (or resume, by id) the MLflow run of a stage; yields None when tracking is disabled."""
     if not enabled:
         yield None
         return
     import mlflow
 
-    configure(params.register)
+    configure(tracking, params.register.service_timeout_s)
+    run_id = _existing_run(run_id)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage) as run:
         if run_id is None:
             mlflow.set_tag("dbdgan.stage", stage)

@@ -1,7 +1,8 @@
 """Safe image and mask loading: every failure is an ImageError that names the file and the reason.
 
-Pixel data are taken as stored: EXIF orientation is ignored on purpose, because dataset masks are
-annotated on the stored pixel grid.
+Datasets are read as stored: EXIF orientation is ignored on purpose, because dataset masks are annotated on
+the stored pixel grid (prepare records the tag, validation reports it). Prediction reads photos the way a
+viewer shows them (`upright`), so a map lies over the photo as a person sees it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 POLARITIES = ("blurred-white", "sharp-white")
 # Greyscale/16-bit/float modes whose values must be rescaled rather than clipped by PIL's convert("RGB").
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_ORIENTATION_TAG = 0x0112
 
 
 class ImageError(ValueError):
@@ -65,6 +67,17 @@ def open_image(
         image.close()
         raise ImageError(path, f"truncated or corrupt image data ({exc})") from exc
     return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright as stored, 2-8 = mirrored and/or rotated), 1 when absent."""
+    value = image.getexif().get(_ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied (a new image; the same one when upright)."""
+    return image if exif_orientation(image) == 1 else ImageOps.exif_transpose(image)
 
 
 def image_to_rgb(image: Image.Image) -> np.ndarray:

@@ -5,6 +5,8 @@ Layout of `out_dir` (written as a whole, atomically: built in a temp dir beside 
     masks/<id>.png      8-bit masks, 0 = in focus, 255 = blurred
     manifest.csv        one row per sample, columns MANIFEST_COLUMNS
     contact_sheet.png   a few samples with their masks, for a person to look at
+    prepare.json        the marker that this folder is a prepared output (source, count, EXIF orientations):
+                        prepare replaces only an empty folder or one holding this marker
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +30,14 @@ from dbdgan.data.imageio import (
     DEFAULT_MAX_PIXELS,
     POLARITIES,
     ImageError,
+    exif_orientation,
     image_to_rgb,
     load_mask,
     open_image,
 )
 from dbdgan.data.readers import LOSSY_MASK_EXTENSIONS, SOURCES, SamplePair, read_source
 from dbdgan.data.synthetic import SyntheticOptions, generate_sample, sample_rng
-from dbdgan.io_utils import atomic_dir
+from dbdgan.io_utils import atomic_dir, atomic_write_json
 
 MANIFEST_COLUMNS = (
     "id",
@@ -49,6 +53,9 @@ MANIFEST_COLUMNS = (
     "mask_sha256",
 )
 SPLITS = ("train", "val", "test")
+MARKER = "prepare.json"
+# What a prepared folder written before the marker existed holds: such a folder may be replaced too.
+_LEGACY_ENTRIES = frozenset({"images", "masks", "manifest.csv", "contact_sheet.png"})
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 CONTACT_SHEET_SAMPLES = 16
 _PARALLEL_MIN_ITEMS = 64  # below this a process pool costs more than it saves
@@ -168,7 +175,7 @@ def _real_task(args: tuple[Path, SamplePair, str, bool, int]) -> Record:
     byte for byte when it is an RGB JPEG/PNG without a rotation tag, else re-encoded as RGB PNG."""
     root, pair, polarity, binarize, max_pixels = args
     with open_image(pair.image, max_pixels) as image:
-        orientation = image.getexif().get(0x0112, 1)
+        orientation = exif_orientation(image)
         if image.format in ("JPEG", "PNG") and image.mode == "RGB" and orientation == 1:
             data, ext = pair.image.read_bytes(), (".jpg" if image.format == "JPEG" else ".png")
             shape = (image.height, image.width, 3)
@@ -183,7 +190,10 @@ def _real_task(args: tuple[Path, SamplePair, str, bool, int]) -> Record:
             f"mask size {mask.shape[1]}x{mask.shape[0]} differs from "
             f"image {pair.image} ({shape[1]}x{shape[0]})",
         )
-    return _write_pair(root, pair.id, data, ext, mask, shape)
+    record = _write_pair(root, pair.id, data, ext, mask, shape)
+    if orientation != 1:  # read as stored (the mask was drawn on the stored pixels); validation reports it
+        record["exif_orientation"] = {"file": str(pair.image), "orientation": orientation}
+    return record
 
 
 def _run(task: Callable[[Any], Record], jobs: list[Any], workers: int) -> list[Record]:
@@ -220,6 +230,31 @@ def _contact_sheet(root: Path, records: list[Record], samples: int) -> None:
         pairs.append((np.asarray(thumb), np.asarray(small)))
         captions.append(f"{record['id'][:22]} {record['split']} blur={record['blur_fraction']:.2f}")
     save_contact_sheet(root / "contact_sheet.png", pairs, captions)
+
+
+def _is_prepared_output(folder: Path) -> bool:
+    """A folder written by prepare: it holds the marker, or (written before the marker) only prepare's files."""
+    if (folder / MARKER).is_file():
+        return True
+    entries = {p.name for p in folder.iterdir()}
+    if not entries or not entries <= _LEGACY_ENTRIES or "manifest.csv" not in entries:
+        return False
+    with (folder / "manifest.csv").open(newline="", encoding="utf-8", errors="replace") as handle:
+        return tuple(next(csv.reader(handle), [])) == MANIFEST_COLUMNS
+
+
+def check_replaceable(out_dir: Path, input_dir: Path | None) -> None:
+    """Refuse an output folder whose replacement would destroy something prepare did not write."""
+    out = Path(os.path.abspath(out_dir))
+    if input_dir is not None and Path(os.path.abspath(input_dir)).is_relative_to(out):
+        raise ValueError(f"output folder {out} holds the input {input_dir}: replacing it would delete the input")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not _is_prepared_output(out):
+        raise ValueError(f"refusing to replace {out}: it is not a folder written by `dbdgan prepare` (no {MARKER}); "
+                         "choose a new or empty output folder")
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -271,10 +306,12 @@ def prepare_dataset(
     else:
         raise ValueError(f"unknown source {source!r}; expected 'synthetic' or one of {sorted(SOURCES)}")
 
+    check_replaceable(out_dir, input_dir if source != "synthetic" else None)
     with atomic_dir(out_dir) as root:
         (root / "images").mkdir()
         (root / "masks").mkdir()
         records = _run(task, [(root, *args) for args in job_args], workers)
+        oriented = {r["id"]: r.pop("exif_orientation") for r in records if "exif_orientation" in r}
         assignment = stratified_split(
             [r["id"] for r in records], [r["blur_fraction"] for r in records], fractions, seed
         )
@@ -283,7 +320,18 @@ def prepare_dataset(
             record["source"] = source
         (root / "manifest.csv").write_text(_manifest_text(records), encoding="utf-8")
         _contact_sheet(root, records, CONTACT_SHEET_SAMPLES)
+        atomic_write_json(root / MARKER, {"format": 1, "source": source, "samples": len(records),
+                                          "exif_orientation": dict(sorted(oriented.items()))})
     return out_dir / "manifest.csv"
+
+
+def read_marker(data_dir: Path) -> dict[str, Any]:
+    """prepare.json of a prepared folder ({} for a folder prepared before the marker existed)."""
+    path = Path(data_dir) / MARKER
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def read_manifest(data_dir: Path) -> list[dict[str, str]]:

@@ -93,6 +93,7 @@ def pair_folder(image_dir: Path, mask_dir: Path, id_prefix: str = "") -> list[Sa
             missing.append(image)
         else:
             pairs.append(SamplePair(id_prefix + sanitize_id(image.stem), image, mask))
+    _check_unique_ids(pairs)
     if missing:
         raise LayoutError(
             f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_listing(missing)}"
@@ -104,6 +105,29 @@ def pair_folder(image_dir: Path, mask_dir: Path, id_prefix: str = "") -> list[Sa
             f"{_listing([masks[k] for k in orphans])}"
         )
     return pairs
+
+
+def _check_unique_ids(pairs: list[SamplePair]) -> None:
+    """Two inputs whose ids differ only by characters sanitize_id replaces (or by case) would share files."""
+    first: dict[str, SamplePair] = {}
+    for pair in pairs:
+        other = first.setdefault(pair.id.lower(), pair)
+        if other is not pair:
+            raise LayoutError(f"{other.image} and {pair.image} both become sample id {pair.id!r} "
+                              "(file names are sanitised to letters, digits, '.', '-', '_'): rename one of them")
+
+
+def _check_inside(root: Path, pairs: list[SamplePair]) -> None:
+    """Symbolic links are followed only while they stay inside the dataset folder."""
+    base = root.resolve()
+    for pair in pairs:
+        for path in (pair.image, pair.mask):
+            target = path.resolve()
+            if not target.is_relative_to(base):
+                below = [p for p in (path, *path.parents) if p != root and p.is_relative_to(root)]
+                link = next((p for p in below if p.is_symlink()), path)
+                raise LayoutError(f"{link} is a symbolic link to {link.resolve()}, outside the dataset folder "
+                                  f"{root}: refusing to read it (copy the file in instead)")
 
 
 def sanitize_id(text: str) -> str:
@@ -170,7 +194,9 @@ def read_source(source: str, root: Path) -> list[SamplePair]:
         raise ValueError(f"unknown source {source!r}; expected one of {sorted(SOURCES)} or 'synthetic'")
     root = _require_dir(Path(root), f"{source} input")
     if source in ("cuhk", "folder"):
-        return pair_folder(_require_dir(root / "images", source), _require_dir(root / "masks", source))
+        pairs = pair_folder(_require_dir(root / "images", source), _require_dir(root / "masks", source))
+        _check_inside(root, pairs)
+        return pairs
     dirs = discover_pairs(root)
     if not dirs:
         raise LayoutError(
@@ -185,7 +211,6 @@ def read_source(source: str, root: Path) -> list[SamplePair]:
             else sanitize_id(str(image_dir.parent.relative_to(root) / image_dir.name)) + "_"
         )
         pairs.extend(pair_folder(image_dir, mask_dir, prefix))
-    ids = [p.id for p in pairs]
-    if len(set(ids)) != len(ids):
-        raise LayoutError(f"sample ids collide under {root}; rename files so that stems are unique")
+    _check_unique_ids(pairs)
+    _check_inside(root, pairs)
     return pairs

@@ -94,6 +94,7 @@ class ValidationReport:
     data_docs_index: Path
     json_path: Path
     duration_s: float
+    notes: list[str] = field(default_factory=list)  # facts that are not failures, e.g. EXIF orientations
 
     def message(self) -> str:
         if self.success:
@@ -117,6 +118,7 @@ class ValidationReport:
             "evaluated_expectations": self.evaluated_expectations,
             "failed_expectations": len(self.failures),
             "warnings": [f.describe() for f in self.warnings],
+            "notes": self.notes,
             "data_docs": str(self.data_docs_index),
             "report": str(self.json_path),
             "duration_s": self.duration_s,
@@ -172,11 +174,25 @@ def validate_dataset(
         data_docs_index=docs_dir / "index.html",
         json_path=json_path,
         duration_s=round(time.perf_counter() - start, 3),
+        notes=_orientation_notes(data_dir),
     )
     atomic_write_json(json_path, report.to_dict())
     if failures:
         raise DataValidationError(report.message(), report)
     return report
+
+
+def _orientation_notes(data_dir: Path) -> list[str]:
+    """Source photos with an EXIF orientation tag, as prepare recorded them: used as stored, shown rotated."""
+    from dbdgan.data.prepare import read_marker
+
+    oriented = read_marker(data_dir).get("exif_orientation") or {}
+    if not oriented:
+        return []
+    head = (f"{len(oriented)} image(s) carry an EXIF orientation tag: they are used as stored, the way their "
+            "masks were drawn, so a photo viewer shows them rotated or mirrored")
+    return [head, *(f"{sample_id}: orientation {entry['orientation']} ({entry['file']})"
+                    for sample_id, entry in oriented.items())]
 
 
 def _read_manifest(data_dir: Path) -> pd.DataFrame:

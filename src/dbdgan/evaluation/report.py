@@ -15,23 +15,29 @@ from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
 from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models
 from dbdgan.evaluation.onnx_export import OnnxModel, check_onnx, export_onnx, quantize_onnx
+from dbdgan.inference import InputSize, is_model_uri, load_predictor, predict_probability
 from dbdgan.io_utils import atomic_write_json
-from dbdgan.predict import is_model_uri, load_predictor
-from dbdgan.tracking import configure, tracking_uri
+from dbdgan.tracking import Tracking, configure
 
 log = logging.getLogger(__name__)
 
 BASELINES: dict[str, type[nn.Module]] = {"baseline_all_blurred": AllBlurred, "baseline_laplacian": LaplacianSharpness}
 
 
-def _onnx_parity(model: nn.Module, path: Path, size: int) -> dict[str, float]:
-    """Export with dynamic H/W (unless this evaluation already did) and compare onnxruntime with PyTorch."""
+def _onnx_parity(model: nn.Module, path: Path, size: int, input_size: InputSize) -> dict[str, float]:
+    """Export with dynamic H/W (unless this evaluation already did) and compare onnxruntime with PyTorch:
+    on logits (check_onnx), and on the blur maps both give through the one prediction path at the model's
+    input size (what a phone would show)."""
     import torch
 
     if not path.is_file():
         export_onnx(model, path)
     sample = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return {"file": str(path), **check_onnx(model, path, sample)}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    torch_map = predict_probability(model.eval(), sample.to(device), input_size).cpu()
+    onnx_map = predict_probability(OnnxModel(path), sample, input_size)
+    return {"file": str(path), **check_onnx(model, path, sample),
+            "map_max_abs_diff": float((torch_map - onnx_map).abs().max())}
 
 
 def _int8_models(models: dict[str, nn.Module], out_dir: Path) -> dict[str, nn.Module]:
@@ -44,7 +50,7 @@ def _int8_models(models: dict[str, nn.Module], out_dir: Path) -> dict[str, nn.Mo
     return quantised
 
 
-def _log_to_training_run(params: Params, source: str | Path, out_dir: Path, name: str) -> None:
+def _log_to_training_run(params: Params, tracking: Tracking, source: str | Path, out_dir: Path, name: str) -> None:
     """Attach the evaluation to the MLflow run that trained the model, when its file names one in this store."""
     if is_model_uri(str(source)):
         return
@@ -54,7 +60,7 @@ def _log_to_training_run(params: Params, source: str | Path, out_dir: Path, name
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    configure(params.register)
+    configure(tracking, params.register.service_timeout_s)
     client = MlflowClient()
     try:
         client.get_run(run_id)
@@ -68,10 +74,13 @@ def _log_to_training_run(params: Params, source: str | Path, out_dir: Path, name
 
 
 def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: Path, split: str,
-                   params: Params) -> dict[str, dict[str, Any]]:
-    """Score each model (file or MLflow URI) and the two baselines on `split`; add efficiency and ONNX parity."""
+                   params: Params, tracking: Tracking) -> dict[str, dict[str, Any]]:
+    """Score each model (file or MLflow URI) and the two baselines on `split`; add efficiency and ONNX parity.
+
+    Each network runs at the input size stored with it (its model file or registered model): one source.
+    """
     ev = params.evaluate
-    loaded = {name: load_predictor(source, tracking_uri(params.register)) for name, source in model_files.items()}
+    loaded = {name: load_predictor(source, tracking.resolved_uri) for name, source in model_files.items()}
     models: dict[str, nn.Module] = {name: item.model for name, item in loaded.items()}
     baselines = {name: cls() for name, cls in BASELINES.items()}
     if ev.int8 or ev.onnx:
@@ -79,7 +88,7 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
         shutil.rmtree(out_dir / "onnx", ignore_errors=True)
     quantised = _int8_models(models, out_dir) if ev.int8 else {}
     # Networks see images at the size they were trained on; the baselines work at native resolution.
-    sizes = {name: ev.input_size for name in [*models, *quantised]}
+    sizes = {name: loaded[name.removesuffix("_int8")].input_size for name in [*models, *quantised]}
     results = evaluate_models({**models, **quantised, **baselines}, data_dir, split, out_dir, beta2=ev.beta2,
                               adaptive_factor=ev.adaptive_factor, thresholds=ev.thresholds,
                               grid_samples=ev.grid_samples, flip_tta=ev.flip_tta, input_size=sizes,
@@ -88,12 +97,13 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
         results[name]["efficiency"] = model_efficiency(model, size=ev.efficiency_size, runs=ev.efficiency_runs,
                                                        throughput_runs=max(1, ev.efficiency_runs // 2))
         if ev.onnx:
-            results[name]["onnx"] = _onnx_parity(model, out_dir / "onnx" / f"{name}.onnx", ev.efficiency_size)
+            results[name]["onnx"] = _onnx_parity(model, out_dir / "onnx" / f"{name}.onnx", ev.efficiency_size,
+                                                 loaded[name].input_size)
         results[name]["model"] = str(model_files[name])
         if f"{name}_int8" in results:
             results[name]["int8_delta"] = {key: results[f"{name}_int8"][key] - results[name][key]
                                            for key in ("max_f", "mae", "infocus_max_f")}
         atomic_write_json(out_dir / f"{name}.json", results[name])
         if ev.log_to_mlflow:
-            _log_to_training_run(params, model_files[name], out_dir, name)
+            _log_to_training_run(params, tracking, model_files[name], out_dir, name)
     return results

