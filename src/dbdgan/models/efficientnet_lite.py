@@ -18,18 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import Conv2dSame, Encoder, MBConv
+from .efficientunet import B0_STAGES, round_filters
 from .weights import PretrainedWeightsError, read_state_dict
 
-# Stages of every Lite variant before scaling: (expand_ratio, kernel, stride, repeats, out_channels)
-LITE_STAGES = (
-    (1, 3, 1, 1, 16),
-    (6, 3, 2, 2, 24),
-    (6, 5, 2, 2, 40),
-    (6, 3, 2, 3, 80),
-    (6, 5, 1, 3, 112),
-    (6, 5, 2, 4, 192),
-    (6, 3, 1, 1, 320),
-)
+# Lite keeps EfficientNet-B0's stages (expand, kernel, stride, repeats, channels), without SE
+LITE_STAGES = B0_STAGES
 # variant -> (width multiplier, depth multiplier); from efficientnet_lite_builder.py of the TF release
 LITE_VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 # the TF Lite models' input scaling, (x * 255 - 127) / 128, written as a mean/std of [0, 1] RGB
@@ -38,20 +31,13 @@ LITE_STD = (128.0 / 255.0,) * 3
 STEM_CHANNELS, HEAD_CHANNELS, BN_EPS = 32, 1280, 1e-3
 
 
-def round_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
-    """EfficientNet width scaling: scale, round to a multiple of `divisor`, never drop by more than 10%."""
-    scaled = channels * width_mult
-    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    return int(new + divisor if new < 0.9 * scaled else new)
-
-
 def lite_stages(variant: str) -> list[tuple[int, int, int, int, int]]:
     """The scaled stages of a variant; Lite keeps the first and last stage's repeats unscaled."""
     if variant not in LITE_VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; available: {sorted(LITE_VARIANTS)}")
     width, depth = LITE_VARIANTS[variant]
     last = len(LITE_STAGES) - 1
-    return [(e, k, s, r if i in (0, last) else math.ceil(r * depth), round_channels(c, width))
+    return [(e, k, s, r if i in (0, last) else math.ceil(r * depth), round_filters(c, width))
             for i, (e, k, s, r, c) in enumerate(LITE_STAGES)]
 
 
