@@ -11,12 +11,13 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 # made CPU training steps ~10x slower (benchmarks/README.md). Sleeping idle threads cost little when it is quiet.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install install-test run test lint train-real clean
+.PHONY: install install-test run test lint train-real clean image image-test
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
 # [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]`. Outputs go
 # under $(RUNS)/real/ ($(RUNS)/real-pretrained/), models to the MLflow registry as dbd-{teacher,student}-cuhk.
-# `dbdgan run-all` runs the step table (dbdgan.graph.STEPS) in order, so this target lists no steps itself.
+# `dbdgan steps --dvc --root DIR` writes the step table (dbdgan.graph.STEPS) there as a DVC pipeline of its own
+# (dvc.yaml, the merged params.yaml, inputs.yaml) and `dvc repro` runs it: a rerun reruns only what changed.
 DATA ?= ../shared/data/cuhk-dbd
 LAYOUT ?= cuhk
 POLARITY ?=
@@ -38,16 +39,19 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" || $(BIN)/pip install --quiet torch
-	$(BIN)/pip install --quiet -c constraints.txt -e .
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,test]'
 	touch $@
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+# `dvc repro` of a run folder's pipeline (its own DVC project, made on first use)
+dvc_repro = test -d $(1)/.dvc || (cd $(1) && $(abspath $(BIN))/dvc init -q --no-scm); cd $(1) && $(abspath $(BIN))/dvc repro
 
 run: install
 	$(BIN)/dvc repro
@@ -56,15 +60,29 @@ run: install
 train-real: install
 	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder"; exit 2; }
 ifeq ($(PRETRAIN),1)
-	$(BIN)/dbdgan run-all $(PRETRAIN_ARGS)
+	$(BIN)/dbdgan steps --dvc $(PRETRAIN_ARGS)
+	$(call dvc_repro,$(RUNS)/pretrain)
 endif
-	$(BIN)/dbdgan run-all $(REAL_ARGS)
+	$(BIN)/dbdgan steps --dvc $(REAL_ARGS)
+	$(call dvc_repro,$(REAL_ROOT))
+	@$(BIN)/dbdgan results --root $(REAL_ROOT)
 
 test: install-test
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: install-test
 	$(BIN)/ruff check .
+
+# The component image (podman; offline Debian base when the public one cannot be pulled): tagged
+# <version>-g<commit>[-dirty], the tag `dbdgan pipeline compile` names. IMAGE_REPO=registry.example.com/ml/dbdgan
+# to push it (docs/kubernetes.md). image-test runs every step's component inside it (tests/test_image_run.py).
+IMAGE_REPO ?= localhost/dbdgan
+image: install
+	DBDGAN_IMAGE_REPO=$(IMAGE_REPO) scripts/build-image.sh
+
+image-test: install-test
+	DBDGAN_IMAGE_REPO=$(IMAGE_REPO) DBDGAN_REQUIRE_IMAGE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_image_run.py
 
 clean:
 	rm -rf data/prepared reports metrics models checkpoints mlflow/mlflow.db mlflow/artifacts

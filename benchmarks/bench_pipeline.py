@@ -77,6 +77,8 @@ def make_workspace(root: Path, params: dict[str, Any], env: dict[str, str]) -> N
     for name in ("dvc.yaml", "inputs.yaml"):
         shutil.copy(ROOT / name, root / name)
     (root / "src").symlink_to(ROOT / "src", target_is_directory=True)
+    # the stages call `.venv/bin/dbdgan` (inputs.yaml: cli)
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root, env)
     run([str(BIN / "dvc"), "init", "-q"], root, env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -31,9 +32,29 @@ def load_params(params_yaml: str, overrides: list[str]) -> Params:
     return params_from_dict(tree, overrides, source="pipeline parameter params_yaml")
 
 
+# Set by the cluster compile (pipelines/k8s.py) to the ConfigMap it reads MLFLOW_TRACKING_URI from.
+CONFIG_MAP_ENV = "DBDGAN_CONFIG_MAP"
+
+
+class TrackingNotConfigured(RuntimeError):
+    """A component has no tracking server: a local store would vanish with its pod, models and all."""
+
+
 def tracking(mlflow_tracking_uri: str, experiment: str) -> Tracking:
-    """Where a step tracks: a non-empty pipeline parameter, else the pod's MLFLOW_TRACKING_URI."""
-    return Tracking(uri=mlflow_tracking_uri.strip() or None, experiment=experiment)
+    """Where a step tracks: a non-empty pipeline parameter, else the pod's MLFLOW_TRACKING_URI.
+
+    Never the CLI's local sqlite default: inside a pod that store is deleted with the pod, so a step that
+    "registered" a model would have registered it nowhere.
+    """
+    uri = mlflow_tracking_uri.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        config_map = os.environ.get(CONFIG_MAP_ENV, "").strip() or "dbdgan-config"
+        raise TrackingNotConfigured(
+            f"no MLflow tracking server configured for this step: set MLFLOW_TRACKING_URI in the pod (key "
+            f"MLFLOW_TRACKING_URI of the ConfigMap {config_map!r}, see docs/kubernetes.md) or the pipeline "
+            "parameter mlflow_tracking_uri; a component does not fall back to a local sqlite store, which "
+            "would vanish with the pod")
+    return Tracking(uri=uri, experiment=experiment)
 
 
 def scratch(name: str) -> Path:

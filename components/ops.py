@@ -1,4 +1,4 @@
-"""All dbdgan components in one place, optionally re-targeted at another image.
+"""All dbdgan components in one place, on the image a pipeline is built for.
 
 `STEP_COMPONENTS` holds one component per step of dbdgan.graph.STEPS, under the step's name (a test checks
 that they match); the others are pipeline plumbing.
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from dbdgan_kfp.components.distill_student import distill_student
 from dbdgan_kfp.components.evaluate import evaluate
-from dbdgan_kfp.components.factory import with_image
+from dbdgan_kfp.components.factory import image, with_image
 from dbdgan_kfp.components.prepare import prepare
 from dbdgan_kfp.components.publish import publish_reports
 from dbdgan_kfp.components.register import announce_champion, register
@@ -23,7 +23,6 @@ COMPONENTS = {**STEP_COMPONENTS, "publish_reports": publish_reports, "announce_c
 
 
 def ops(base_image: str | None = None) -> SimpleNamespace:
-    """The components as attributes (ops().train_teacher ...), on `base_image` when given."""
-    if base_image is None:
-        return SimpleNamespace(**COMPONENTS)
+    """The components as attributes (ops().train_teacher ...), on `base_image` (default: factory.image())."""
+    base_image = base_image or image()
     return SimpleNamespace(**{name: with_image(comp, base_image) for name, comp in COMPONENTS.items()})

@@ -38,7 +38,8 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
                         help="add synthetic pre-training: its params files (repeat to overlay), e.g. "
                              "--pretrain-params params.yaml --pretrain-params profiles/synthetic-pretrain.yaml; "
                              "the real teacher and student then start from the pre-trained ones")
-    parser.add_argument("--image", help="component image (default: $DBDGAN_IMAGE or the built-in tag)")
+    parser.add_argument("--image", help="component image or digest (default: $DBDGAN_IMAGE, else the tag `make "
+                                         "image` builds from this checkout: `dbdgan pipeline image-tag`)")
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +49,19 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mlflow-secret", default="dbdgan-mlflow", help="optional Secret with MLflow credentials")
     g.add_argument("--config-map", default="dbdgan-config",
                    help="optional ConfigMap with MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per training step (0 = CPU training)")
+    g.add_argument("--s3-steps", type=lambda text: tuple(s for s in text.split(",") if s), metavar="STEP,...",
+                   help="steps that get the S3 Secret (default: prepare,validate,register,publish_reports; add the "
+                        "training steps when the MLflow server does not proxy artifacts)")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per training step (default 0: CPU training)")
     g.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
     g.add_argument("--gpu-node-selector", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="node label for training pods (repeatable; default nvidia.com/gpu.present=true)")
     g.add_argument("--gpu-toleration", action="append", metavar="KEY",
                    help="taint key the training pods tolerate (Exists, NoSchedule; default nvidia.com/gpu)")
+    g.add_argument("--cpu", type=_key_value, action="append", default=[], metavar="STEP=REQUEST[,LIMIT]",
+                   help="CPU request and limit of a step, e.g. train_teacher=4,8 (limit default: the request)")
+    g.add_argument("--memory", type=_key_value, action="append", default=[], metavar="STEP=REQUEST[,LIMIT]",
+                   help="memory request and limit of a step, e.g. train_teacher=16Gi (repeatable)")
     g.add_argument("--retries", type=int, default=2, help="retries of each step except register")
     g.add_argument("--image-pull-secret", action="append", default=[], help="image pull Secret (repeatable)")
 
@@ -66,7 +74,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
                    help="raw dataset of the data.source layout: folder or s3://bucket/prefix ('' = synthetic)")
     g.add_argument("--reports-uri", default="", help="s3://bucket/prefix to copy reports to ('' = off)")
     g.add_argument("--mlflow-uri", default="",
-                   help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI in the pods, else the local store)")
+                   help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI: a pod without it fails; "
+                        "run-local then uses the local sqlite store)")
     g.add_argument("--mlflow-experiment", help="MLflow experiment (default: dbdgan)")
     g.add_argument("--pretrain-experiment", help="MLflow experiment of pre-training (default: dbdgan-pretrain)")
     g.add_argument("--teacher-name", help="registered teacher name (default: dbd-teacher)")
@@ -82,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="pipeline.yaml", help="output file (default: pipeline.yaml)")
     p.add_argument("--local", action="store_true", help="omit the Kubernetes settings")
     _add_cluster_args(p)
+
+    p = sub.add_parser("image-tag", help="print the image tag `make image` builds and compile names")
+    p.add_argument("--repo", help="image repository (default: $DBDGAN_IMAGE_REPO or localhost/dbdgan)")
 
     p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp.local (SubprocessRunner)")
     _add_build_args(p)
@@ -109,6 +121,24 @@ def _params_text(paths: list[str] | None) -> str:
     return json.dumps(redact_tree(load_params(files).model_dump(mode="json")), separators=(",", ":"))
 
 
+def _resources(args: argparse.Namespace) -> dict[str, Any]:
+    """DEFAULT_RESOURCES with the --cpu/--memory overrides (`STEP=REQUEST[,LIMIT]`) applied."""
+    from dataclasses import replace
+
+    from dbdgan_kfp.pipelines.k8s import DEFAULT_RESOURCES
+
+    table = dict(DEFAULT_RESOURCES)
+    for flag, kind in (("--cpu", "cpu"), ("--memory", "memory")):
+        for step, text in getattr(args, kind):
+            if step not in table:
+                raise ValueError(f"{flag} {step}={text}: unknown step {step!r}; steps: {', '.join(table)}")
+            request, _, limit = text.partition(",")
+            if not request:
+                raise ValueError(f"{flag} {step}={text}: expected REQUEST[,LIMIT], e.g. {step}=2,4")
+            table[step] = replace(table[step], **{kind: request, f"{kind}_limit": limit or None})
+    return table
+
+
 def _cluster(args: argparse.Namespace) -> Any:
     from dbdgan_kfp.pipelines.k8s import ClusterSettings, Toleration
 
@@ -116,7 +146,13 @@ def _cluster(args: argparse.Namespace) -> Any:
         "s3_secret": args.s3_secret or None, "mlflow_secret": args.mlflow_secret or None,
         "config_map": args.config_map or None, "gpus": args.gpus, "accelerator_type": args.accelerator,
         "retries": args.retries, "image_pull_secrets": tuple(args.image_pull_secret),
+        "resources": _resources(args),
     }
+    if args.s3_steps is not None:
+        unknown = sorted(set(args.s3_steps) - set(kwargs["resources"]))
+        if unknown:
+            raise ValueError(f"--s3-steps: unknown step {', '.join(unknown)}; steps: {', '.join(kwargs['resources'])}")
+        kwargs["s3_steps"] = args.s3_steps
     if args.gpu_node_selector:
         kwargs["gpu_node_selector"] = dict(args.gpu_node_selector)
     if args.gpu_toleration:
@@ -156,12 +192,25 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_tag(args: argparse.Namespace) -> int:
+    from dbdgan_kfp.components.factory import build_tag
+
+    print(build_tag(args.repo))
+    return 0
+
+
 def _cmd_run_local(args: argparse.Namespace) -> int:
     from kfp import local
 
     root = Path(args.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     pipeline = _pipeline(args, None)
+    # Components never fall back to a local store (in a pod it would vanish); on this machine the CLI's
+    # default is the right one, so run-local names it explicitly.
+    from dbdgan.tracking import LOCAL_STORE
+
+    local_store = "sqlite:///" + str(Path(LOCAL_STORE.removeprefix("sqlite:///")).resolve())
+    args.mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     with warnings.catch_warnings():
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
@@ -198,7 +247,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "run-local": _cmd_run_local, "submit": _cmd_submit}
+COMMANDS = {"compile": _cmd_compile, "image-tag": _cmd_image_tag, "run-local": _cmd_run_local,
+            "submit": _cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Kubernetes settings for a cluster compile: secrets as env, GPUs, scheduling, resources, retries.
 
 Applied only by `build_pipeline(..., cluster=ClusterSettings(...))`: `kfp.local` runs the bare pipeline.
-Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their values.
+Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their values. The S3 Secret goes only
+to the steps that read or write S3 (and is optional there), so a synthetic-data run needs none.
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ from dbdgan.graph import INIT_STEPS
 
 # Task keys used by dbdgan_kfp.pipelines.pipeline are the step names of dbdgan.graph.STEPS.
 GPU_STEPS = INIT_STEPS
+# Steps that touch S3: prepare (an s3:// data_uri), validate (a failed report), register (reports_uri) and
+# publish_reports. MLflow artifacts go through the tracking server (`mlflow server --artifacts-destination`);
+# with a server that does not proxy them, add the tracking steps (--s3-steps).
+S3_STEPS = ("prepare", "validate", "register", "publish_reports")
 
 
 @dataclass(frozen=True)
 class Resources:
+    """CPU and memory of one step's container: requests, and limits (default: the requests, so that the pod
+    gets the Guaranteed QoS class and is the last to be evicted)."""
+
     cpu: str
     memory: str
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,15 @@ class ClusterSettings:
         "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
         "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"})
     accelerator_type: str = "nvidia.com/gpu"
-    gpus: int = 1
+    gpus: int = 0  # GPUs per training step: CPU unless asked (the default image is the CPU build)
     gpu_node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     gpu_tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
     shm_size: str = "8Gi"  # /dev/shm for DataLoader workers on the GPU steps
     resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     retries: int = 2
     image_pull_secrets: tuple[str, ...] = ()
+    s3_steps: tuple[str, ...] = S3_STEPS
+    run_as_user: int | None = 10001  # the image's user (Dockerfile); None: leave the pod's identity alone
     env: dict[str, str] = field(default_factory=lambda: dict(MLFLOW_CLIENT_ENV))
 
 
@@ -92,21 +104,30 @@ def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
     """
     for name, task in tasks.items():
         step = step_of(name)
-        if settings.s3_secret:
-            kubernetes.use_secret_as_env(task, settings.s3_secret, dict(settings.s3_secret_keys))
+        if settings.s3_secret and step in settings.s3_steps:
+            # optional: the same step reads local or synthetic data without it; an S3 access without keys fails
+            # in dbdgan.storage with the bucket and endpoint named
+            kubernetes.use_secret_as_env(task, settings.s3_secret, dict(settings.s3_secret_keys), optional=True)
         if settings.mlflow_secret:
             kubernetes.use_secret_as_env(task, settings.mlflow_secret, dict(settings.mlflow_secret_keys),
                                          optional=True)
         if settings.config_map:
             kubernetes.use_config_map_as_env(task, settings.config_map, dict(settings.config_map_keys),
                                              optional=True)
+            # named by a component's error when MLFLOW_TRACKING_URI is missing (components/_runtime.py)
+            task.set_env_variable("DBDGAN_CONFIG_MAP", settings.config_map)
         if settings.image_pull_secrets:
             kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
-        for name, value in settings.env.items():
-            task.set_env_variable(name, value)
+        if settings.run_as_user is not None:
+            kubernetes.set_security_context(task, run_as_user=settings.run_as_user,
+                                            run_as_group=settings.run_as_user, run_as_non_root=True)
+        for key, value in settings.env.items():
+            task.set_env_variable(key, value)
         resources = settings.resources.get(step)
         if resources is not None:
             task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+            task.set_cpu_limit(resources.cpu_limit or resources.cpu)
+            task.set_memory_limit(resources.memory_limit or resources.memory)
         # Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries
         # cover transient errors there; every other step is safe to rerun.
         if settings.retries and step != "register":

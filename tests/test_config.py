@@ -98,7 +98,7 @@ def test_shipped_profiles_are_valid(profile):
 
 def test_pretraining_profiles_hand_over_to_the_real_profile():
     """synthetic-pretrain trains the networks cuhk-cpu-scratch trains, and cuhk-cpu-pretrained keeps them
-    (the Makefile hands the pre-trained models over with `run-all --init-from`)."""
+    (the Makefile hands the pre-trained models over with `--init-from`)."""
     pretrain = load_params([REPO / "params.yaml", REPO / "profiles" / "synthetic-pretrain.yaml"])
     scratch = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu-scratch.yaml"])
     fine = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu-scratch.yaml",
@@ -117,9 +117,13 @@ def test_make_train_real_runs_pretraining_first_with_pretrain_1(tmp_path):
         pytest.skip("make is not installed")
     out = subprocess.run(["make", "-n", "-s", "train-real", f"DATA={tmp_path}", "PRETRAIN=1"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    pre, real = [line.split() for line in out.splitlines() if "dbdgan " in line]
+    pre, real = [line.split() for line in out.splitlines() if "dbdgan steps --dvc" in line]
     after = lambda words, flag: words[words.index(flag) + 1]  # noqa: E731
-    assert pre[1:3] == ["run-all", "--root"] and real[1:3] == ["run-all", "--root"]
+    assert pre[1:4] == ["steps", "--dvc", "--root"] and real[1:4] == ["steps", "--dvc", "--root"]
+    # each run folder's pipeline is then reproduced by DVC in that folder, and the run ends with its table
+    repro = [line for line in out.splitlines() if line.rstrip().endswith("dvc repro")]
+    assert [line.split("; cd ")[-1].split()[0] for line in repro] == ["runs/pretrain", "runs/real-pretrained"]
+    assert out.splitlines()[-1].split()[1:] == ["results", "--root", "runs/real-pretrained"]
     assert after(pre, "--until") == "distill_student" and "profiles/synthetic-pretrain.yaml" in pre
     assert after(pre, "--root") == "runs/pretrain" and after(real, "--init-from") == "runs/pretrain"
     assert after(real, "--root") == "runs/real-pretrained" and after(real, "--input") == str(tmp_path)

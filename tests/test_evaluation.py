@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dbdgan.evaluation.evaluate import evaluate_models, grid_indices, predict_map, read_split
+from dbdgan.evaluation.evaluate import evaluate_models, grid_indices, read_split
 from dbdgan.evaluation.plots import grid_size
+from dbdgan.inference import predict_probability
 
 COLUMNS = [
     "id", "split", "source", "image", "mask", "width", "height", "channels",
@@ -125,12 +126,12 @@ def test_resized_input_and_flip_tta(data_dir, tmp_path):
     image = torch.rand(3, 21, 17)
     asymmetric = nn.Conv2d(3, 1, (1, 3), padding=(0, 1))
     with torch.no_grad():
-        tta = predict_map(asymmetric, image, flip_tta=True)
+        tta = predict_probability(asymmetric, image[None], flip_tta=True)[0]
         expected = (
             torch.sigmoid(asymmetric(image[None])) + torch.sigmoid(asymmetric(image[None].flip(-1))).flip(-1)
         ) / 2
         torch.testing.assert_close(tta, expected[0])
-        resized = predict_map(asymmetric, image, input_size=(16, 12), flip_tta=True)
+        resized = predict_probability(asymmetric, image[None], input_size=(16, 12), flip_tta=True)[0]
     assert resized.shape == (1, 21, 17)
     assert resized.min() >= 0.0 and resized.max() <= 1.0
 

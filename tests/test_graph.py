@@ -15,9 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_dvc_stages_are_the_ones_the_step_table_implies():
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert declared["stages"] == graph.dvc_stages(), "dvc.yaml is stale: paste `dbdgan steps --dvc` into it"
+    assert declared["stages"] == graph.dvc_stages(), "dvc.yaml is stale: run `dbdgan steps --dvc > dvc.yaml`"
     assert list(declared["stages"]) == [one.name for one in graph.STEPS]
     assert (REPO / graph.DVC_INPUTS_FILE).is_file() and graph.DVC_INPUTS_FILE in declared["vars"]
+    assert declared == graph.dvc_file(), "dvc.yaml is stale: run `dbdgan steps --dvc > dvc.yaml`"
+    assert (REPO / "dvc.yaml").read_text() == graph.dvc_yaml_text(graph.dvc_file()), "regenerate dvc.yaml"
+    assert yaml.safe_load((REPO / graph.DVC_INPUTS_FILE).read_text()) == graph.DVC_VARS
 
 
 def test_each_step_function_takes_its_artifacts_by_name():
@@ -62,4 +65,4 @@ def test_adding_a_step_needs_only_the_table_function_and_component(monkeypatch):
     monkeypatch.setattr(steps, "summarise", lambda params, scores, out: None, raising=False)
     args = build_parser().parse_args(["summarise", "--scores", "m", "--out", "s.json"])
     assert (args.scores, args.out) == ("m", "s.json")
-    assert graph.dvc_stages()["summarise"]["cmd"] == "dbdgan summarise --scores metrics --out reports/registered.json"
+    assert graph.dvc_stages()["summarise"]["cmd"] == "${cli} summarise --scores metrics --out reports/registered.json"

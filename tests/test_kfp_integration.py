@@ -330,9 +330,11 @@ def _dvc_run(raw: Path, overlay: Path, workspace: Path) -> tuple[str, str]:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, workspace / name)
     (workspace / "src").symlink_to(REPO / "src", target_is_directory=True)
+    (workspace / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # inputs.yaml's cli
     params = load_params([REPO / "params.yaml", overlay]).model_dump(mode="json")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (workspace / "inputs.yaml").write_text(yaml.safe_dump({"raw_data": str(raw)}))
+    inputs = yaml.safe_load((REPO / "inputs.yaml").read_text())
+    (workspace / "inputs.yaml").write_text(yaml.safe_dump({**inputs, "raw_data": str(raw)}))
     dvc = str(Path(sys.executable).with_name("dvc"))
     _subprocess(["git", "init", "-q"], workspace)
     _subprocess([dvc, "init", "-q"], workspace)

@@ -60,7 +60,7 @@ def test_predict_pyfunc_and_onnxruntime_give_the_same_map(tmp_path, photo, model
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("parity", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = _log_pyfunc(tmp_path / "student.pt", loaded.input_size)
+        info = _log_pyfunc(tmp_path / "student.pt", loaded.input_size, "# model card\n")
     served = mlflow.pyfunc.load_model(info.model_uri).predict(image[None])
     assert np.abs(served[0] - reference).max() < 1e-5
 

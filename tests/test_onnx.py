@@ -70,18 +70,20 @@ def test_export_traced_at_a_multiple_of_the_stride_is_caught(model, tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_int8_quantised_model_runs_and_stays_close(model, tmp_path):
+def test_static_int8_is_calibrated_and_runs_as_qlinear(model, tmp_path):
+    """Static quantisation uses the calibration inputs' ranges and leaves int8 convolutions (QDQ) in the file."""
     path = export_onnx(model, tmp_path / "model.onnx")
-    qpath = quantize_onnx(path, tmp_path / "model.int8.onnx")
-    assert qpath.stat().st_size > 0
-    torch.manual_seed(2)
-    x = torch.rand(1, 3, 40, 52)
+    generator = torch.Generator().manual_seed(3)
+    calibration = [torch.rand(1, 3, 40, 52, generator=generator).numpy() for _ in range(4)]
+    qpath = quantize_onnx(path, tmp_path / "model.qdq.onnx", calibration)
+    ops = {node.op_type for node in onnx.load(qpath).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = torch.from_numpy(calibration[0])
     with torch.no_grad():
         expected = torch.sigmoid(model.eval()(x))
-    got = torch.sigmoid(OnnxModel(qpath)(x))
-    assert got.shape == expected.shape
-    # int8 weights/activations: probabilities move a little, not a lot
-    assert (got - expected).abs().max().item() < 0.05
+    assert (torch.sigmoid(OnnxModel(qpath)(x)) - expected).abs().max().item() < 0.05
+    with pytest.raises(ValueError, match="at least one calibration input"):
+        quantize_onnx(path, tmp_path / "none.onnx", [])
 
 
 def test_model_efficiency_tiny(model):

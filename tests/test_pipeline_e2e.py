@@ -46,6 +46,7 @@ def workspace(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", "inputs.yaml"):
         shutil.copy(REPO / name, root / name)
     (root / "src").symlink_to(REPO / "src", target_is_directory=True)
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # inputs.yaml's cli: .venv/bin/dbdgan
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)

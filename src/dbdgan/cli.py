@@ -15,14 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dbdgan import graph, steps
-from dbdgan.config import ConfigError, Params, load_params
+from dbdgan import __version__, graph, steps
+from dbdgan.config import ConfigError, Params, load_params, params_from_dict
 from dbdgan.failures import report
 from dbdgan.redact import RedactingFormatter, redact
 from dbdgan.tracking import LOCAL_STORE, ModelNames, Tracking
 
 Handler = Callable[[Params, argparse.Namespace], Any]
 PLUGIN_GROUP = "dbdgan.commands"  # entry points adding top-level commands (the KFP adapter adds `pipeline`)
+# Commands that work on a model alone, anywhere: without a params.yaml in the working folder they use the
+# defaults of the schema (and `results` the snapshot its run folder holds).
+NO_PARAMS_FILE_NEEDED = ("predict", "model-info", "export-onnx", "results")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -76,12 +79,21 @@ def step_arguments(one: graph.Step, args: argparse.Namespace, root: Path | None 
 
 
 def _summary(one: graph.Step, result: Any) -> Any:
+    """The few lines a step prints (its files hold the rest): no params, histories or gate settings."""
     if one.name == "prepare":
         return {"manifest": str(result)}
     if one.name == "validate":
         return getattr(result, "summary", str(result))
     if isinstance(result, dict) and "history" in result:
-        return {k: v for k, v in result.items() if k != "history"}
+        best = result.get("best") or {}
+        return {"stage": result.get("stage"), "kept_epoch": best.get("epoch"), result.get("best_metric", "best"):
+                result.get("best_score"), "mlflow_run_id": result.get("mlflow_run_id")}
+    if one.name == "register" and isinstance(result, dict):
+        return {role: {"model_uri": entry.get("model_uri"), "reused": entry.get("reused"),
+                       **({"gate": entry["gate"].get("result"), "reason": entry["gate"].get("reason")}
+                          if entry.get("gate") else {})} for role, entry in result.items()}
+    if one.name == "evaluate" and isinstance(result, dict):
+        return {name: {key: row.get(key) for key in ("infocus_max_f", "max_f", "mae")} for name, row in result.items()}
     return result
 
 
@@ -154,45 +166,69 @@ def _cmd_run_all(params: Params, args: argparse.Namespace) -> Any:
     return None
 
 
-def _print_results(params: Params, root: Path) -> None:
-    metrics_dir = root / graph.ARTIFACTS["scores"].path
-    registered = root / graph.ARTIFACTS["registered"].path
-    teacher, student = (root / graph.ARTIFACTS[name].path for name in ("teacher", "student"))
-    lines = [f"Results ({params.model.teacher} -> {params.model.student} on {params.data.source} data, "
-             f"{params.evaluate.split} split):",
-             f"  metrics:      {metrics_dir}/teacher.json, {metrics_dir}/student.json  (dvc metrics show)",
-             f"  plots:        {metrics_dir}/plots/curves.png, {metrics_dir}/plots/grid.png  (dvc plots show)",
-             f"  models:       {teacher}, {student}"]
-    if registered.is_file():
-        for role, entry in json.loads(registered.read_text()).items():
-            gate = entry.get("gate", {}).get("result")
-            verdict = f"; gate: {gate}" if gate else ""
-            lines.append(f"  registered:   {role}: {entry['model_uri']} (alias challenger{verdict})")
-    lines.append("  MLflow UI:    mlflow ui --backend-store-uri <tracking URI>  then open http://127.0.0.1:5000")
-    print("\n".join(lines))
+def _print_results(params: Params | None, root: Path) -> None:
+    from dbdgan.results import results_text
+
+    print(results_text(root, params), flush=True)
 
 
 def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
-    _print_results(params, Path(args.root))
+    """The table of a run; its params are the --params given, else the snapshot in its folder, else none."""
+    root = Path(args.root)
+    if not args.params and (root / "params.yaml").is_file():
+        params = load_params([root / "params.yaml"])
+    elif not args.params and not Path("params.yaml").is_file():
+        params = None
+    _print_results(params, root)
     return None
 
 
 def _cmd_steps(params: Params, args: argparse.Namespace) -> Any:
-    if args.dvc:
-        import yaml
+    if args.dvc and args.root:
+        from dbdgan.run_folder import write_run_pipeline
 
-        print(yaml.safe_dump({"stages": graph.dvc_stages()}, sort_keys=False, width=120), end="")
+        names = ModelNames(teacher=args.teacher_name, student=args.student_name)
+        path = write_run_pipeline(Path(args.root), params, raw=args.raw, tracking_uri=args.tracking_uri,
+                                  experiment=args.experiment, names=names, until=args.until,
+                                  init_from=Path(args.init_from) if args.init_from else None)
+        print(f"wrote {path} (+ params.yaml, inputs.yaml); reproduce with: cd {args.root} && dvc repro")
+        return None
+    if args.dvc:
+        print(graph.dvc_yaml_text(graph.dvc_file()), end="")
         return None
     return [{"step": s.name, "command": f"dbdgan {s.command}", "inputs": list(s.inputs), "output": s.output,
              "after": list(s.after)} for s in graph.STEPS]
+
+
+def _load_predictor(params: Params, args: argparse.Namespace, source: str) -> Any:
+    """A network and its input size from a model file or an MLflow URI (models:/NAME@ALIAS, runs:/...),
+    weights only."""
+    from dbdgan.inference import is_model_uri, load_predictor
+    from dbdgan.tracking import bound_waits
+
+    uri = None
+    if is_model_uri(source):
+        bound_waits(params.register.service_timeout_s)
+        uri = tracking_from(args).resolved_uri
+    return load_predictor(source, uri)
+
+
+def _load_model(params: Params, args: argparse.Namespace, source: str) -> Any:
+    return _load_predictor(params, args, source).model
 
 
 def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
     from dbdgan.models import create_model
     from dbdgan.models.info import model_info
 
-    name = args.preset or (params.model.teacher if args.model == "teacher" else params.model.student)
-    info = {"name": name, **model_info(create_model(name), size=args.size)}
+    if args.preset:
+        name, model = args.preset, create_model(args.preset)
+    elif args.model in ("teacher", "student"):
+        name = params.model.teacher if args.model == "teacher" else params.model.student
+        model = create_model(name)
+    else:
+        name, model = args.model, _load_model(params, args, args.model)
+    info = {"name": name, **model_info(model, size=args.size)}
     if args.json:
         return info
     print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {args.size}x{args.size}, "
@@ -203,21 +239,30 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
 def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
     import torch
 
-    from dbdgan.checkpoint import load_model_file
-    from dbdgan.evaluation.onnx_export import check_onnx, export_onnx, quantize_onnx
+    from dbdgan.evaluation.onnx_export import calibration_from_files, check_onnx, export_onnx, quantize_onnx
+    from dbdgan.predict import image_files
 
-    model = load_model_file(args.model)
+    calibration_photos: list[Path] = []
+    if args.int8 is not None:  # before the export, so that a bad folder fails fast and writes nothing
+        calibration_photos = image_files([args.int8])[0]
+        if not calibration_photos:
+            raise ValueError(f"--int8 {args.int8}: not a folder or file of photos to calibrate on")
+    loaded = _load_predictor(params, args, args.model)
+    model = loaded.model
     out = export_onnx(model, args.out, opset=args.opset)
     sample = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(params.seed))
     result: dict[str, Any] = {"onnx": str(out), **check_onnx(model, out, sample)}
-    if args.int8:
-        result["onnx_int8"] = str(quantize_onnx(out, Path(out).with_suffix(".int8.onnx")))
+    if calibration_photos:
+        calibration = calibration_from_files(calibration_photos, loaded.input_size)
+        result["onnx_int8"] = str(quantize_onnx(out, Path(out).with_suffix(".int8.onnx"), calibration))
+        result["int8_calibration_images"] = len(calibration)
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbdgan", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -239,12 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_args(p)
     _add_name_args(p)
 
-    p = add("export-onnx", _cmd_export_onnx, "export a model file to ONNX (dynamic H/W), checked against PyTorch")
-    p.add_argument("--model", required=True, help="dbdgan model file (.pt)")
+    p = add("export-onnx", _cmd_export_onnx, "export a model to ONNX (dynamic H/W), checked against PyTorch")
+    p.add_argument("--model", required=True,
+                   help="dbdgan model file (.pt) or MLflow URI, e.g. models:/dbd-student@champion")
+    add_tracking_args(p, experiment=False)
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--size", type=int, default=320, help="sample size for the PyTorch/onnxruntime comparison")
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 model")
+    p.add_argument("--int8", type=Path, metavar="PHOTOS",
+                   help="also write a static int8 model (<out>.int8.onnx) calibrated on the first 32 photos of "
+                        "this folder (photos like the model's training data)")
 
     from dbdgan.cli_models import add_commands
 
@@ -253,14 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     for plugin in _plugins():
         sub.add_parser(plugin, help=f"{plugin} commands (see `dbdgan {plugin} -h`)", add_help=False)
 
-    p = add("results", _cmd_results, "say where a run's metrics, plots and registered models are")
+    p = add("results", _cmd_results, "a run's numbers (teacher, student, baselines) and where its plots are")
     p.add_argument("--root", default=".", help="run folder (default: .)")
 
     p = add("steps", _cmd_steps, "the pipeline's steps with their inputs and outputs")
-    p.add_argument("--dvc", action="store_true", help="print the dvc.yaml stages they imply")
+    p.add_argument("--dvc", action="store_true",
+                   help="print the dvc.yaml they imply (`dbdgan steps --dvc > dvc.yaml`); with --root, write a "
+                        "run folder's dvc.yaml, params.yaml (the merged --params and --set) and inputs.yaml")
+    p.add_argument("--root", help="run folder to write the DVC pipeline into (with --dvc)")
+    p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
+                   help="raw dataset folder for prepare (data.source layout; none for synthetic)")
+    p.add_argument("--until", choices=[s.name for s in graph.STEPS], help="last step (default: all)")
+    p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
+    add_tracking_args(p)
+    _add_name_args(p)
 
-    p = add("model-info", _cmd_model_info, "parameters, FLOPs and CPU latency of a model preset")
-    p.add_argument("--model", choices=["teacher", "student"], default="student")
+    p = add("model-info", _cmd_model_info, "parameters, FLOPs and CPU latency of a model")
+    p.add_argument("--model", default="student", metavar="teacher|student|FILE|URI",
+                   help="the params' teacher or student preset, a model file or an MLflow URI (default: %(default)s)")
+    add_tracking_args(p, experiment=False)
     p.add_argument("--preset", help="registry name, e.g. teacher_paper, efficientunet_b3, mobile")
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -297,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("great_expectations", "git", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        params = load_params(args.params or ["params.yaml"], _prepare_overrides(args))
+        if args.params is None and args.command in NO_PARAMS_FILE_NEEDED and not Path("params.yaml").is_file():
+            params = params_from_dict({}, _prepare_overrides(args), source="the defaults")
+        else:
+            params = load_params(args.params or ["params.yaml"], _prepare_overrides(args))
         result = args.handler(params, args)
     except ConfigError as exc:
         print(f"dbdgan {args.command}: {redact(str(exc))}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,10 @@ def _use_store(args: argparse.Namespace, params: Params) -> str:
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
     """Run; print the summary; raise PredictionFailed (exit 1) when any input failed."""
+    # Decoding and writing run in threads beside the network: OpenMP threads that spin while idle (libgomp's
+    # default) would hold the cores they need. Read when torch loads; a value the user set is kept.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dbdgan.inference import is_model_uri, load_predictor
     from dbdgan.predict import PredictionFailed, predict_paths
 
@@ -53,7 +58,8 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
     loaded = load_predictor(args.model)
     summary = predict_paths(args.paths, loaded, args.out, batch_size=args.batch_size,
                             max_pixels=args.max_pixels or params.data.max_pixels, input_size=args.input_size,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, backend=args.backend, overlays=not args.no_overlay,
+                            workers=args.workers)
     if summary["failed"]:
         print(json.dumps(summary, indent=2, default=str))
         sys.stdout.flush()
@@ -85,7 +91,13 @@ def add_commands(add: AddCommand) -> None:
                         "(default: %(default)s)")
     add_tracking_args(p, experiment=False)
     p.add_argument("-o", "--out", required=True, help="output folder (<stem>_blur.png, <stem>_overlay.png)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="same-size network inputs per batch (default 8)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",  # inference.BACKENDS, without torch
+                   help="torch, or onnx: the model exported (and checked against PyTorch) and run by onnxruntime, "
+                        "often faster on a CPU (default: %(default)s)")
+    p.add_argument("--no-overlay", action="store_true", help="write only the blur maps, not the tinted photos")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads decoding photos and writing maps while the network runs (default 2)")
     p.add_argument("--max-pixels", type=int, help="skip larger images (default: data.max_pixels)")
     p.add_argument("--input-size", type=_input_size, default="auto",
                    help="network input size: an integer, 'native', or 'auto' (default: the size stored "

@@ -132,7 +132,7 @@ class EvaluateParams(_Section):
     efficiency_size: int = Field(320, ge=32)
     efficiency_runs: int = Field(5, ge=1)
     onnx: bool = True  # export each model to ONNX and report onnxruntime parity and latency
-    int8: bool = False  # also score int8-quantised ONNX copies and report the accuracy change
+    int8: bool = False  # also score static int8 ONNX copies (calibrated on training photos) and their change
     log_to_mlflow: bool = True  # attach metrics JSON and plots to the model's training run
 
 

@@ -20,7 +20,8 @@ class Artifact:
     path: str  # default location, relative to the run's root folder
     flag: str  # CLI option of the steps that read it
     # How dvc.yaml declares it when it is a stage's output (section -> entries) or input (paths), when that
-    # differs from the plain path: DVC metrics must be separate files, and some outputs are not cached.
+    # differs from the plain path: DVC metrics must be separate files, and small ones go to git (cache: false)
+    # so that `dvc metrics diff` / `dvc plots diff` / `dvc exp show` compare commits; models stay cached.
     dvc_outs: dict[str, list[Any]] = field(default_factory=dict)
     dvc_deps: tuple[str, ...] = ()
 
@@ -42,8 +43,7 @@ class Step:
 _NO_CACHE = {"cache": False}
 ARTIFACTS = {a.name: a for a in (
     Artifact("dataset", "data/prepared", "--data"),
-    Artifact("validation", "reports/validation", "--validation",
-             dvc_outs={"outs": [{"reports/validation": _NO_CACHE}]}, dvc_deps=("reports/validation/validation.json",)),
+    Artifact("validation", "reports/validation", "--validation", dvc_deps=("reports/validation/validation.json",)),
     Artifact("teacher", "models/teacher.pt", "--teacher"),
     Artifact("student", "models/student.pt", "--student"),
     Artifact("scores", "metrics", "--scores",
@@ -69,11 +69,32 @@ STEPS = (
 # Steps whose models can start from a pre-trained run's (`init`): synthetic pre-training runs STEPS up to them.
 INIT_STEPS = ("train_teacher", "distill_student")
 
-# dvc.yaml: every stage depends on the whole library (any module may change a step's result), and prepare
-# reads the raw dataset folder named in inputs.yaml (a DVC variable, since params.yaml holds no paths).
+# dvc.yaml: every stage depends on the whole library (any module may change a step's result). Where things are
+# (the CLI, the raw dataset, the MLflow store and names) are DVC variables of inputs.yaml, since params.yaml holds
+# hyperparameters only; the CLI is a path there, so `dvc repro` needs nothing on PATH.
 DVC_CODE = "src/dbdgan"
 DVC_INPUTS_FILE = "inputs.yaml"
 DVC_RAW_VAR = "raw_data"
+DVC_CLI = ".venv/bin/dbdgan"  # the Makefile's virtual environment, relative to the repository root
+DVC_VARS = {DVC_RAW_VAR: "", "cli": DVC_CLI, "tracking_uri": "", "experiment": "dbdgan",
+            "teacher_name": "dbd-teacher", "student_name": "dbd-student"}
+# What `dvc plots show/diff` draws: the evaluate step's curve CSVs (teacher, student, baselines) and PNGs.
+DVC_PLOTS: list[Any] = [
+    {"precision_recall": {"template": "linear", "x": "recall", "y": {
+        f"metrics/plots/pr_{name}.csv": "precision" for name in ("teacher", "student", "baseline_laplacian")}}},
+    {"f_vs_threshold": {"template": "linear", "x": "threshold", "y": {
+        f"metrics/plots/f_{name}.csv": "f"
+        for name in ("teacher", "student", "baseline_laplacian", "baseline_all_blurred")}}},
+    "metrics/plots/curves.png",
+    "metrics/plots/grid.png",
+]
+DVC_HEADER = """\
+# The pipeline `dbdgan.graph.STEPS` implies, as DVC stages: each calls one `dbdgan` subcommand with its input
+# and output paths spelled out (params.yaml holds hyperparameters only). Generated: after changing the step
+# table, run `dbdgan steps --dvc > dvc.yaml` (tests/test_graph.py checks that they agree). inputs.yaml holds the
+# variables: the CLI, the raw data folder of a real data.source, the MLflow store, experiment and model names.
+# Metrics and plot data are small and go to git (cache: false); data and models go to the DVC cache and remote.
+"""
 
 
 def step(name: str) -> Step:
@@ -93,26 +114,59 @@ def producer(artifact: str) -> Step:
     return next(s for s in STEPS if s.output == artifact)
 
 
-def _stage(one: Step) -> dict[str, Any]:
+def _stage(one: Step, code: str, init_from: str | None) -> dict[str, Any]:
     out = ARTIFACTS[one.output]
     args = [f"{ARTIFACTS[name].flag} {ARTIFACTS[name].path}" for name in one.inputs]
     if one.name == "prepare":
         args.insert(0, f"--input \"${{{DVC_RAW_VAR}}}\"")
     args += [f"--{arg} {path}" for arg, path in one.scratch]
-    cmd = " ".join([f"dbdgan {one.command}", *args, f"--out {out.path}"])
     deps: list[str] = []
     for name in (*one.inputs, *(step(s).output for s in one.after)):
         deps.extend(ARTIFACTS[name].dvc_deps or [ARTIFACTS[name].path])
-    stage: dict[str, Any] = {"cmd": cmd, "deps": [*deps, DVC_CODE], "params": list(one.params)}
+    if init_from and one.name in INIT_STEPS:
+        init = f"{init_from.rstrip('/')}/{ARTIFACTS[one.output].path}"
+        args.append(f"--init {init}")
+        deps.append(init)
+    if accepts(one, "tracking"):
+        args += ['--tracking-uri "${tracking_uri}"', '--experiment "${experiment}"']
+    if accepts(one, "names"):
+        args += ['--teacher-name "${teacher_name}"', '--student-name "${student_name}"']
+    cmd = " ".join(["${cli}", one.command, *args, f"--out {out.path}"])
+    stage: dict[str, Any] = {"cmd": cmd, "deps": [*deps, code], "params": list(one.params)}
     if one.name == "prepare":
         stage["params"].append({DVC_INPUTS_FILE: [DVC_RAW_VAR]})
     stage.update(copy.deepcopy(out.dvc_outs) or {"outs": [out.path]})
     return stage
 
 
-def dvc_stages() -> dict[str, dict[str, Any]]:
-    """The `stages:` of dvc.yaml as STEPS implies them (tests compare the file with this)."""
-    return {one.name: _stage(one) for one in STEPS}
+def dvc_stages(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None) -> dict[str, Any]:
+    """The `stages:` of a dvc.yaml as STEPS implies them (tests compare the repository's file with this).
+
+    `code`: the library folder the stages depend on; `until`: the last step; `init_from`: a run folder (relative
+    to the dvc.yaml) whose teacher and student the trainings start from.
+    """
+    chain = steps_until(until) if until else STEPS
+    return {one.name: _stage(one, code, init_from) for one in chain}
+
+
+def dvc_file(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None) -> dict[str, Any]:
+    """A whole dvc.yaml: variables from inputs.yaml, the stages, and the plots when evaluate is among them."""
+    stages = dvc_stages(code, until, init_from)
+    tree: dict[str, Any] = {"vars": [DVC_INPUTS_FILE], "stages": stages}
+    if "evaluate" in stages:
+        tree["plots"] = copy.deepcopy(DVC_PLOTS)
+    return tree
+
+
+def dvc_yaml_text(tree: dict[str, Any]) -> str:
+    """dvc.yaml's text: the header comment, then the tree (anchors spelled out, so the file reads plainly)."""
+    import yaml
+
+    class _Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return DVC_HEADER + yaml.dump(tree, Dumper=_Plain, sort_keys=False, width=120)
 
 
 def accepts(one: Step, argument: str) -> bool:

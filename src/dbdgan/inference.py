@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,8 +25,12 @@ from dbdgan.checkpoint import load_model_file, model_from_payload, read_model_fi
 InputSize = int | tuple[int, int] | None  # None: the image's own resolution
 
 
+Backend = Literal["torch", "onnx"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float [1,3,H,W] in [0,1]."""
+    """uint8 HxWx3 -> float [1,3,H,W] in [0,1] (channels-last strides: the HWC pixels are not reordered)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 HxWx3 RGB array, got dtype {image.dtype} shape {image.shape}")
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
@@ -69,24 +74,77 @@ def predict_probability(model: nn.Module, image: torch.Tensor, input_size: Input
     return _back(_probability(model, _to_network(image, size_tuple(input_size)), flip_tta), image.shape[-2:])
 
 
-@torch.no_grad()
-def blur_maps(model: nn.Module, images: Sequence[np.ndarray], input_size: InputSize = None,
-              batch_size: int = 4) -> list[np.ndarray]:
-    """uint8 HxWx3 images of any sizes -> float32 HxW blur probabilities, `batch_size` at a time.
+def network_input(image: np.ndarray, input_size: InputSize = None) -> torch.Tensor:
+    """Preprocessing: uint8 HxWx3 -> float [1,3,h,w] in [0,1] at the network's size (bilinear, antialiased)."""
+    return _to_network(to_tensor(image), size_tuple(input_size))
 
-    With an `input_size`, images of different sizes share a batch (each resized to the network size).
+
+@torch.inference_mode()
+def network_probabilities(model: nn.Module, inputs: Sequence[torch.Tensor], batch_size: int = 4,
+                          flip_tta: bool = False) -> list[torch.Tensor]:
+    """The network part: each [1,3,h,w] input -> its probability [1,1,h,w] (CPU), in input order.
+
+    Inputs of the same size share batches of up to `batch_size`, whatever the order they come in.
+    """
+    device = _device(model)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, tensor in enumerate(inputs):
+        groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
+    probs: list[torch.Tensor | None] = [None] * len(inputs)
+    step = max(1, batch_size)
+    for indices in groups.values():
+        for start in range(0, len(indices), step):
+            chunk = indices[start:start + step]
+            batch = torch.cat([inputs[i] for i in chunk]).to(device)
+            for index, prob in zip(chunk, _probability(model, batch, flip_tta).cpu().split(1), strict=True):
+                probs[index] = prob
+    return probs  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def blur_map(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """Postprocessing: a probability [1,1,h,w] -> float32 HxW map in [0,1] at the image's `shape` (H, W)."""
+    return _back(prob, tuple(shape[:2]))[0, 0].numpy().astype(np.float32, copy=False)
+
+
+@torch.inference_mode()
+def blur_maps(model: nn.Module, images: Sequence[np.ndarray], input_size: InputSize = None,
+              batch_size: int = 4, flip_tta: bool = False) -> list[np.ndarray]:
+    """uint8 HxWx3 images of any sizes -> float32 HxW blur probabilities: the one prediction path.
+
+    Preprocess each image to the network size, run same-size inputs in batches of `batch_size`, bring each
+    map back to its image's resolution. `dbdgan predict` runs the same three steps, timed and overlapped
+    with decoding and writing.
     """
     size = size_tuple(input_size)
-    maps: list[np.ndarray] = []
-    for start in range(0, len(images), max(1, batch_size)):
-        tensors = [to_tensor(img) for img in images[start:start + batch_size]]
-        shapes = [tuple(t.shape[-2:]) for t in tensors]
-        if size is None and len(set(shapes)) > 1:  # native resolution: sizes cannot share a batch
-            probs = [_probability(model, t) for t in tensors]
-        else:
-            probs = list(_probability(model, torch.cat([_to_network(t, size) for t in tensors])).split(1))
-        maps.extend(_back(prob, shape)[0, 0].numpy() for prob, shape in zip(probs, shapes, strict=True))
-    return [m.astype(np.float32, copy=False) for m in maps]
+    probs = network_probabilities(model, [network_input(img, size) for img in images], batch_size, flip_tta)
+    return [blur_map(prob, img.shape) for prob, img in zip(probs, images, strict=True)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def prepare_network(model: nn.Module, backend: Backend = "torch", threads: int | None = None) -> nn.Module:
+    """The network as prediction runs it; same inputs, same maps up to float rounding.
+
+    torch: a copy with batch norm folded into the convolutions and channels-last weights (`inference_copy`);
+    onnx: that copy exported (verified against PyTorch) and run by onnxruntime with `threads` threads
+    (default torch's). Resizing and normalisation stay shared: the network's input is [0, 1] RGB either way.
+    """
+    from dbdgan.models.fusion import fold_batchnorm, inference_copy
+
+    if backend == "torch":
+        if next(model.parameters(), None) is None:  # onnxruntime wrappers, parameter-free baselines: as they are
+            return model
+        return inference_copy(model, channels_last=_device(model).type == "cpu")
+    if backend == "onnx":
+        from dbdgan.evaluation.onnx_export import OnnxModel, onnx_bytes
+
+        cpu = fold_batchnorm(model).cpu()  # idle onnxruntime threads sleep: decoding and writing need the cores
+        return OnnxModel(onnx_bytes(cpu), threads=threads or torch.get_num_threads(), spinning=False)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
 @dataclass

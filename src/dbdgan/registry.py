@@ -1,4 +1,9 @@
-"""MLflow model registry: log each network as a pyfunc, register a version, tag it, alias it `challenger`."""
+"""MLflow model registry: log each network as a pyfunc, register a version, tag it, alias it `challenger`.
+
+Each version explains itself: a description (data, networks, key metrics beside the champion's), a model card
+(`model_card.md`, beside the weights and in the run), the evaluation metrics on the logged model (MLflow 3
+`LoggedModel` metrics) and the prepared dataset as the run's training input.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ import json
 import logging
 import subprocess
 import tempfile
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
+from dbdgan.model_card import BASELINE_NAMES, CardFacts, description, model_card
 from dbdgan.tracking import ModelNames, Tracking, configure, flatten
 
 log = logging.getLogger(__name__)
@@ -96,7 +103,7 @@ mlflow.models.set_model(BlurMapModel())
 """
 
 
-def _log_pyfunc(model_path: Path, input_size: Any) -> Any:
+def _log_pyfunc(model_path: Path, input_size: Any, card: str) -> Any:
     """Log the pyfunc under the active run, as a model from code (nothing is pickled).
 
     The input schema is a batch of objects (arrays or encoded bytes: MLflow has no union type); the example
@@ -115,9 +122,11 @@ def _log_pyfunc(model_path: Path, input_size: Any) -> Any:
         inference.write_text(json.dumps({"input_size": input_size}))
         model_code = Path(tmp) / "blur_map_model.py"
         model_code.write_text(_MODEL_CODE)
+        card_file = Path(tmp) / "model_card.md"
+        card_file.write_text(card)
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(model_code),
-            artifacts={"checkpoint": str(model_path), "inference": str(inference)},
+            artifacts={"checkpoint": str(model_path), "inference": str(inference), "model_card": str(card_file)},
             code_paths=[str(package_dir)], signature=signature, input_example=example,
             pip_requirements=_requirements(),
         )
@@ -173,19 +182,72 @@ def _same_version(client: Any, name: str, tags: dict[str, str]) -> Any:
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
+def _champion(client: Any, name: str) -> dict[str, Any] | None:
+    """The current champion's version and `metric.*` tags, to set a new version's numbers beside."""
+    from mlflow.exceptions import MlflowException
+
+    from dbdgan.promotion import CHAMPION, METRIC_PREFIX
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    metrics = {}
+    for key, value in version.tags.items():
+        if key.startswith(METRIC_PREFIX):
+            try:
+                metrics[key.removeprefix(METRIC_PREFIX)] = float(value)
+            except ValueError:
+                continue
+    return {"version": int(version.version), "metrics": metrics}
+
+
+def _baselines(metrics_dir: Path) -> dict[str, dict[str, float]]:
+    """The baselines' numbers written by the evaluate step beside the models' (absent files are left out)."""
+    found = {}
+    for name in BASELINE_NAMES:
+        try:
+            data = json.loads((metrics_dir / f"{name}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        found[name] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+    return found
+
+
+def training_dataset(manifest: Path, data_source: str, digest: str) -> Any:
+    """The prepared dataset as an MLflow dataset: its manifest's rows, named by source, digest from its hash."""
+    import mlflow.data
+    import pandas as pd
+
+    frame = pd.read_csv(manifest, dtype=str)
+    with warnings.catch_warnings():  # MLflow registers two local-file source types and says so for each path
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return mlflow.data.from_pandas(frame, source=str(Path(manifest).resolve()),
+                                       name=f"dbd-{data_source}-prepared", digest=digest[:32])
+
+
 def _new_version(client: Any, name: str, role: str, model_path: Path, payload: dict[str, Any],
-                 metrics: dict[str, float], tags: dict[str, str]) -> Any:
-    """Log the pyfunc under the training run and register it, tagged incomplete until the whole call is done."""
+                 metrics: dict[str, float], tags: dict[str, str], facts: CardFacts) -> Any:
+    """Log the pyfunc under the training run and register it, tagged incomplete until the whole call is done.
+
+    The run gets the dataset as its training input and the model card; the logged model gets the evaluation
+    metrics (linked to that dataset); the version gets the description.
+    """
     import mlflow
 
     from dbdgan.promotion import INCOMPLETE, REGISTRATION_TAG
 
+    card = model_card(facts)
     run_id = _training_run(client, tags["training_run_id"] or None)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register_{role}"):
-        mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()})
+        dataset = training_dataset(facts.manifest, facts.data_source, facts.manifest_sha256)
+        mlflow.log_input(dataset, context="training")
         # the size the network was validated at, from its file: the one source of a model's input size
-        info = _log_pyfunc(model_path, payload["metadata"].get("input_size"))
-    return mlflow.register_model(info.model_uri, name, tags={**tags, REGISTRATION_TAG: INCOMPLETE})
+        info = _log_pyfunc(model_path, payload["metadata"].get("input_size"), card)
+        mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()}, model_id=info.model_id, dataset=dataset)
+        mlflow.log_text(card, f"model_card/{role}.md")
+    version = mlflow.register_model(info.model_uri, name, tags={**tags, REGISTRATION_TAG: INCOMPLETE})
+    return client.update_model_version(name, version.version, description=description(facts))
 
 
 def _undo(client: Any, written: list[tuple[str, str]], existed: dict[str, bool]) -> None:
@@ -246,6 +308,7 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
         PROTOCOL_TAG: protocol, **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}})
         for role, (payload, metrics, protocol) in inputs.items()}
     existed = _preflight(client, experiment_id, [entry[0] for entry in planned.values()])
+    baselines = _baselines(metrics_dir)
     result: dict[str, Any] = {}
     written: list[tuple[str, str]] = []  # versions this call created, undone if it fails part-way
     with ExitStack() as locks:  # registrations of the same names, e.g. racing on one sqlite store, take turns
@@ -255,7 +318,13 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
             for role, (name, model_path, payload, metrics, tags) in planned.items():
                 version = _same_version(client, name, tags)
                 if version is None:
-                    version = _new_version(client, name, role, model_path, payload, metrics, tags)
+                    facts = CardFacts(
+                        name=name, role=role, arch=payload["arch"], data_source=params.data.source, manifest=manifest,
+                        manifest_sha256=tags[MANIFEST_TAG], metrics=metrics, protocol=json.loads(tags[PROTOCOL_TAG]),
+                        input_size=payload["metadata"].get("input_size"),
+                        teacher_arch=params.model.teacher if role == "student" else None, baselines=baselines,
+                        champion=_champion(client, name), git_commit=tags["git_commit"])
+                    version = _new_version(client, name, role, model_path, payload, metrics, tags, facts)
                     written.append((name, version.version))
                 else:
                     log.info("%s: version %s already holds this model and these metrics; reusing it",

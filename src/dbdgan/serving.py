@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 MAX_SERVED_PIXELS = 40_000_000
-BATCH_SIZE = 4
+BATCH_SIZE = 8  # same-size images per network batch, as in `dbdgan predict`
 
 
 def decode_image(value: bytes | bytearray | str, max_pixels: int = MAX_SERVED_PIXELS) -> np.ndarray:
@@ -105,8 +105,9 @@ class BlurMapModel(mlflow.pyfunc.PythonModel):
         import json
 
         from dbdgan.checkpoint import load_model_file
+        from dbdgan.inference import prepare_network
 
-        self.model = load_model_file(context.artifacts["checkpoint"])
+        self.model = prepare_network(load_model_file(context.artifacts["checkpoint"]))  # as predict runs it
         with open(context.artifacts["inference"]) as handle:
             size = json.load(handle).get("input_size")
         self.input_size = tuple(size) if isinstance(size, list) else size

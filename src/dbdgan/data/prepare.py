@@ -38,6 +38,7 @@ from dbdgan.data.imageio import (
 from dbdgan.data.readers import LOSSY_MASK_EXTENSIONS, SOURCES, SamplePair, read_source
 from dbdgan.data.synthetic import SyntheticOptions, generate_sample, sample_rng
 from dbdgan.io_utils import atomic_dir, atomic_write_json
+from dbdgan.progress import progress
 
 MANIFEST_COLUMNS = (
     "id",
@@ -199,9 +200,10 @@ def _real_task(args: tuple[Path, SamplePair, str, bool, int]) -> Record:
 def _run(task: Callable[[Any], Record], jobs: list[Any], workers: int) -> list[Record]:
     """Run the jobs in order; in worker processes when there are enough of them to pay for the pool."""
     if workers <= 1 or len(jobs) < _PARALLEL_MIN_ITEMS:
-        return [task(job) for job in jobs]
+        return [task(job) for job in progress(jobs, "prepare", unit="img")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(task, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+        done = pool.map(task, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+        return list(progress(done, "prepare", total=len(jobs), unit="img"))
 
 
 # ---------------------------------------------------------------------------------------------- manifest

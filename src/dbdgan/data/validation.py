@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from dbdgan.io_utils import atomic_dir, atomic_write_json
+from dbdgan.progress import progress
 
 MANIFEST_COLUMNS = (
     "id", "split", "source", "image", "mask", "width", "height", "channels",
@@ -261,7 +262,8 @@ def _facts(data_dir: Path, manifest: pd.DataFrame, max_pixels: int) -> pd.DataFr
         # Size is checked against max_pixels ourselves; PIL's own warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            facts = list(pool.map(lambda r: _row_facts(data_dir, r[0], r[1], max_pixels), rows))
+            facts = list(progress(pool.map(lambda r: _row_facts(data_dir, r[0], r[1], max_pixels), rows),
+                                  "validate", total=len(rows), unit="img"))
     return pd.DataFrame(facts, index=manifest.index, columns=FACT_COLUMNS)
 
 

@@ -75,14 +75,19 @@ def model_efficiency(
 ) -> dict[str, float | int | str]:
     """Parameters, FLOPs (batch 1), size, CPU latency (batch 1) and throughput (batch ``throughput_batch``).
 
-    Runs on a CPU copy of the model in eval mode (the caller's model is left as it was). Latency is the median
-    of ``runs`` timed passes after ``warmup`` untimed ones; throughput = batch / median batch time.
+    Parameters, FLOPs and size are the model's; the timings are of the network as prediction runs it on a
+    CPU (``inference.prepare_network``: batch norm folded, channels-last), so the caller's model is left as it
+    was. Latency is the median of ``runs`` timed passes after ``warmup`` untimed ones; throughput = batch /
+    median batch time; ``gflop_s_b1`` = FLOPs / latency.
     """
+    from dbdgan.inference import prepare_network
+
     cpu_model = model if model_device(model).type == "cpu" else _cpu_copy(model)
     flops = count_flops(cpu_model, size)
     n_bytes = state_dict_bytes(cpu_model)
-    latency = measure_ms(cpu_model, 1, size, warmup=warmup, runs=runs)
-    batch_ms = measure_ms(cpu_model, throughput_batch, size, warmup=warmup, runs=throughput_runs)
+    fast = prepare_network(cpu_model)
+    latency = measure_ms(fast, 1, size, warmup=warmup, runs=runs)
+    batch_ms = measure_ms(fast, throughput_batch, size, warmup=warmup, runs=throughput_runs)
     return {
         "params": count_parameters(cpu_model),
         "params_m": count_parameters(cpu_model) / 1e6,
@@ -93,6 +98,7 @@ def model_efficiency(
         "size_mb": n_bytes / 1e6,
         "input_size": size,
         "latency_ms_b1": latency,
+        "gflop_s_b1": flops / 1e6 / latency,
         "throughput_batch": throughput_batch,
         "throughput_img_s": throughput_batch * 1000.0 / batch_ms,
         "torch_threads": torch.get_num_threads(),

@@ -23,12 +23,14 @@ from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, load_mask, load_rgb
 from dbdgan.evaluation.efficiency import eval_mode
 from dbdgan.evaluation.metrics import INFOCUS_PREFIX, DBDMetrics
 from dbdgan.evaluation.plots import GridRow, plot_curves, save_grid, thumbnail, write_curve_csvs
-from dbdgan.inference import InputSize, predict_probability, size_tuple, to_tensor
+from dbdgan.inference import InputSize, blur_maps, prepare_network, size_tuple
 from dbdgan.io_utils import atomic_write_json
+from dbdgan.progress import progress
 
 MANIFEST_COLUMNS = ("id", "split", "image", "mask")
 CURVE_KEYS = ("thresholds", "precision", "recall", "f")
 GRID_CELL = 160
+BATCH_SIZE = 8  # images read and run together (same-size network inputs share a network batch)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -62,25 +64,14 @@ def read_split(data_dir: Path, split: str) -> list[Sample]:
     return sorted(samples, key=lambda s: s.id)
 
 
-def load_pair(sample: Sample, max_pixels: int) -> tuple[Tensor, Tensor]:
-    """Image float32 [3, H, W] in [0, 1] and mask float32 [1, H, W] in {0, 1}, through the data readers."""
-    image = to_tensor(load_rgb(sample.image, max_pixels))[0]
+def load_pair(sample: Sample, max_pixels: int) -> tuple[np.ndarray, Tensor]:
+    """Image uint8 [H, W, 3] and mask float32 [1, H, W] in {0, 1}, through the data readers."""
+    image = load_rgb(sample.image, max_pixels)
     mask = torch.from_numpy(load_mask(sample.mask, max_pixels, binarize=True)).float()[None]
-    if image.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(f"{sample.image} is {tuple(image.shape[-2:])} but its mask {sample.mask} is "
+    if image.shape[:2] != mask.shape[-2:]:
+        raise ValueError(f"{sample.image} is {image.shape[:2]} but its mask {sample.mask} is "
                          f"{tuple(mask.shape[-2:])} (height, width)")
     return image, mask
-
-
-def predict_map(model: nn.Module, image: Tensor, *, input_size: InputSize = None, flip_tta: bool = False,
-                name: str = "model", device: str | torch.device | None = None) -> Tensor:
-    """Blur probability [1, H, W] at the image's native size for image [3, H, W] (model already in eval mode)."""
-    device = device or next((p.device for p in model.parameters()), image.device)
-    try:
-        prob = predict_probability(model, image[None].to(device), input_size, flip_tta)
-    except ValueError as exc:
-        raise ValueError(f"model {name!r}: {exc}") from exc
-    return prob[0].cpu()
 
 
 def grid_indices(n: int, k: int) -> list[int]:
@@ -144,23 +135,28 @@ def evaluate_models(
     with torch.inference_mode(), ExitStack() as stack:
         for model in models.values():
             stack.enter_context(eval_mode(model))
-        for index, sample in enumerate(samples):
-            image, mask = load_pair(sample, max_pixels)
+        networks = {name: prepare_network(model) for name, model in models.items()}  # as predict runs them
+        bar = stack.enter_context(progress(total=len(samples), desc=f"evaluate {split}", unit="img"))
+        for first in range(0, len(samples), BATCH_SIZE):
+            indices = range(first, min(first + BATCH_SIZE, len(samples)))
+            pairs = [load_pair(samples[index], max_pixels) for index in indices]
+            images = [image for image, _ in pairs]
             maps = {}
-            for name, model in models.items():
-                maps[name] = predict_map(
-                    model, image, input_size=sizes[name], flip_tta=flip_tta, name=name, device=device
-                )
-                meters[name].update([maps[name]], [mask])
-            if index in chosen:
-                grid_rows.append(
-                    GridRow(
-                        sample.id,
-                        thumbnail((image.permute(1, 2, 0) * 255 + 0.5).byte().numpy(), GRID_CELL),
-                        thumbnail(mask[0].numpy(), GRID_CELL),
-                        {name: thumbnail(m[0].numpy(), GRID_CELL) for name, m in maps.items()},
-                    )
-                )
+            for name, network in networks.items():
+                try:
+                    found = blur_maps(network, images, sizes[name], BATCH_SIZE, flip_tta)
+                except ValueError as exc:
+                    raise ValueError(f"model {name!r}: {exc}") from exc
+                maps[name] = [torch.from_numpy(m)[None] for m in found]
+                meters[name].update(maps[name], [mask for _, mask in pairs])
+            for offset, index in enumerate(indices):
+                if index in chosen:
+                    grid_rows.append(GridRow(
+                        samples[index].id, thumbnail(images[offset], GRID_CELL),
+                        thumbnail(pairs[offset][1][0].numpy(), GRID_CELL),
+                        {name: thumbnail(m[offset][0].numpy(), GRID_CELL) for name, m in maps.items()},
+                    ))
+            bar.update(len(indices))
 
     settings = {
         name: {

@@ -23,9 +23,12 @@ from torch import Tensor, nn
 
 from dbdgan.evaluation.efficiency import eval_mode, median_ms, model_device
 from dbdgan.io_utils import atomic_write_bytes
+from dbdgan.models.fusion import fold_batchnorm
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# Photos a static int8 model is calibrated on by default (as in the int8 accuracy of benchmarks/bench_inference.py).
+CALIBRATION_IMAGES = 32
 
 
 class OnnxExportError(RuntimeError):
@@ -42,16 +45,37 @@ def export_onnx(
     verify_hw: Sequence[tuple[int, int]] = ((64, 64), (75, 101)),
     atol: float = 1e-4,
 ) -> Path:
-    """Export ``model`` (image [B,3,H,W] in [0,1] -> logits [B,1,H,W]) to ``path``, verified, atomically.
+    """Write ``onnx_bytes(model, ...)`` to ``path`` atomically (nothing is written when the check fails).
+
+    Batch norm is folded into the convolutions first (``fold_batchnorm``): the file is the network that
+    prediction runs, with the same outputs up to float rounding.
+    """
+    path = Path(path)
+    data = onnx_bytes(fold_batchnorm(model), opset=opset, sample_hw=sample_hw, dynamic_hw=dynamic_hw,
+                      verify_hw=verify_hw, atol=atol, name=str(path))
+    atomic_write_bytes(path, data)
+    return path
+
+
+def onnx_bytes(
+    model: nn.Module,
+    *,
+    opset: int = 17,
+    sample_hw: tuple[int, int] = (67, 93),
+    dynamic_hw: bool = True,
+    verify_hw: Sequence[tuple[int, int]] = ((64, 64), (75, 101)),
+    atol: float = 1e-4,
+    name: str = "ONNX export",
+) -> bytes:
+    """Export ``model`` (image [B,3,H,W] in [0,1] -> logits [B,1,H,W]) to ONNX bytes, verified.
 
     Batch is always dynamic; height and width are too when ``dynamic_hw`` (then ``verify_hw`` sizes are
     checked as well as the traced ``sample_hw``; batch 2 at the sample size). The model is traced in eval
     mode and its train/eval mode restored. Raises ``OnnxExportError`` if onnxruntime fails or its logits
     differ from PyTorch's by more than ``atol`` times the largest logit magnitude (at least 1) at any checked
-    size; nothing is written then. The scale matters for trained networks: float32 rounding grows with the
+    size. The scale matters for trained networks: float32 rounding grows with the
     activations (a trained teacher's logits reach tens), while a tracing error is off by whole units.
     """
-    path = Path(path)
     device = model_device(model)
     sample = torch.rand(1, 3, *sample_hw, device=device)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
@@ -80,16 +104,15 @@ def export_onnx(
                 diff, scale = _max_abs_diff(model, session, x)
             except Exception as error:  # onnxruntime raises its own exception types
                 raise OnnxExportError(
-                    f"{path}: exported graph fails at input {tuple(x.shape)}: {error}"
+                    f"{name}: exported graph fails at input {tuple(x.shape)}: {error}"
                 ) from error
             if diff > atol * max(1.0, scale):
                 raise OnnxExportError(
-                    f"{path}: onnxruntime logits differ from PyTorch by {diff:.3g} > atol {atol:g} x "
+                    f"{name}: onnxruntime logits differ from PyTorch by {diff:.3g} > atol {atol:g} x "
                     f"max(1, largest |logit| {scale:.3g}) at input {tuple(x.shape)} (a shape-dependent Python "
                     "branch frozen by tracing?)"
                 )
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def _max_abs_diff(model: nn.Module, session, x: Tensor) -> tuple[float, float]:
@@ -103,13 +126,19 @@ def _max_abs_diff(model: nn.Module, session, x: Tensor) -> tuple[float, float]:
     return float(np.abs(got - expected).max()), float(np.abs(expected).max())
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = None):
-    """A CPU onnxruntime session for an ONNX file or its bytes (threads=None: onnxruntime's default)."""
+def ort_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = True):
+    """A CPU onnxruntime session for an ONNX file or its bytes (threads=None: onnxruntime's default).
+
+    `spinning=False` makes idle worker threads sleep instead of spin: what a process that decodes and writes
+    in other threads meanwhile (predict) or a shared machine needs.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -138,38 +167,73 @@ def check_onnx(
     return {"max_abs_diff": diff, "max_abs_logit": scale, "ort_latency_ms": ort_ms, "torch_latency_ms": torch_ms}
 
 
-def quantize_onnx(path: str | Path, out_path: str | Path) -> Path:
-    """Dynamic int8 quantisation (weights int8, activations quantised on the fly) of an ONNX file.
+def quantize_onnx(path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray]) -> Path:
+    """Static int8 quantisation of an ONNX file (QDQ, per-channel int8 weights, uint8 activations).
 
-    Needs no calibration data; conv and matmul weights become int8 (ConvInteger/MatMulInteger). The graph
-    first goes through onnxruntime's quantisation pre-processing (graph optimisation: it folds the Identity
-    nodes the exporter leaves on shared weights, which the quantiser rejects; symbolic shape inference is
-    skipped, as it cannot follow the dynamic H/W). Measure the accuracy it costs by scoring
-    ``OnnxModel(out_path)`` with ``evaluate_models`` beside the float model.
+    Activation ranges come from `calibration`: network inputs [1,3,H,W] float32 in [0,1], e.g.
+    `calibration_from_files` of training photos. Static int8 runs as QLinearConv, onnxruntime's fast int8 path;
+    dynamic quantisation (no data needed) runs convolutions as ConvInteger, measured 10x slower than float for
+    lite0_unet, so it is not offered. The graph first goes through onnxruntime's quantisation pre-processing
+    (graph optimisation: it folds the Identity nodes the exporter leaves on shared weights, which the quantiser
+    rejects; symbolic shape inference is skipped, as it cannot follow the dynamic H/W). Measure the accuracy it
+    costs by scoring ``OnnxModel(out_path)`` with ``evaluate_models`` beside the float model.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out_path = Path(out_path)
+    if not calibration:
+        raise ValueError("static int8 quantisation needs at least one calibration input")
+    out_path = Path(out_path).resolve()  # absolute: the quantiser runs in a scratch working directory
     out_path.parent.mkdir(parents=True, exist_ok=True)
     path = Path(path).resolve()
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp, contextlib.chdir(tmp):
         # onnxruntime's quantiser drops scratch files in the working directory: keep them in tmp.
         prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / "quantised.onnx"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(quantised), weight_type=QuantType.QInt8)
+        quantize_static(str(prepared), str(quantised), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
         atomic_write_bytes(out_path, quantised.read_bytes())
     return out_path
 
 
-class OnnxModel(nn.Module):
-    """An ONNX file behind the DBDNet call signature, so evaluation code can score it like a torch model."""
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over a list of network inputs."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, inputs: Sequence[np.ndarray]) -> None:
+        self._feeds = iter([{INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def calibration_inputs(images: Sequence[np.ndarray], input_size: object) -> list[np.ndarray]:
+    """Network inputs for static quantisation from uint8 HxWx3 photos, preprocessed as prediction does."""
+    from dbdgan.inference import network_input
+
+    return [network_input(image, input_size).contiguous().numpy() for image in images]  # type: ignore[arg-type]
+
+
+def calibration_from_files(paths: Sequence[str | Path], input_size: object,
+                           limit: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """Calibration inputs from the first `limit` of `paths` (photos like those the model will see, e.g. its
+    training split), read and preprocessed as prediction does."""
+    from dbdgan.data.imageio import load_rgb
+
+    chosen = list(paths)[:limit]
+    if not chosen:
+        raise ValueError("static int8 quantisation needs calibration photos; none were given")
+    return calibration_inputs([load_rgb(path) for path in chosen], input_size)
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file (or its bytes) behind the DBDNet call signature: evaluation and predict run it like a
+    torch model."""
+
+    def __init__(self, source: str | Path | bytes, threads: int | None = None, spinning: bool = True) -> None:
         super().__init__()
-        self.path = Path(path)
-        self.session = ort_session(self.path, threads)
+        self.path = None if isinstance(source, bytes) else Path(source)
+        self.session = ort_session(source if isinstance(source, bytes) else self.path, threads, spinning)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.session.run(None, {INPUT_NAME: x.detach().to("cpu", torch.float32).numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        pixels = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {INPUT_NAME: pixels})[0]).to(x.device)

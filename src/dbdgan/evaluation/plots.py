@@ -19,6 +19,8 @@ from dbdgan.io_utils import atomic_write_bytes, atomic_write_text
 
 GRID_PAD = 4
 GRID_HEADER = 18
+GRID_LEGEND = 22  # the strip under the grid that says how to read the maps
+LEGEND_TEXT = "maps: white = blurred (1), black = in focus (0)"
 
 
 def _csv_text(header: Sequence[str], columns: Sequence[np.ndarray]) -> str:
@@ -86,7 +88,18 @@ class GridRow:
 
 def grid_size(n_rows: int, n_cols: int, cell: int) -> tuple[int, int]:
     """(width, height) in pixels of a grid with ``n_rows`` samples and ``n_cols`` columns of ``cell`` px."""
-    return n_cols * cell + (n_cols + 1) * GRID_PAD, GRID_HEADER + n_rows * (cell + GRID_PAD) + GRID_PAD
+    return n_cols * cell + (n_cols + 1) * GRID_PAD, GRID_HEADER + n_rows * (cell + GRID_PAD) + GRID_PAD + GRID_LEGEND
+
+
+def draw_legend(draw: ImageDraw.ImageDraw, left: int, top: int, text: str = LEGEND_TEXT,
+                colour: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """A black-to-white ramp labelled with what the ends mean, so no one has to guess the maps' polarity."""
+    ramp_w, ramp_h = 64, 10
+    for x in range(ramp_w):
+        level = round(255 * x / (ramp_w - 1))
+        draw.line([(left + x, top), (left + x, top + ramp_h)], fill=(level, level, level))
+    draw.rectangle([left, top, left + ramp_w, top + ramp_h], outline=(128, 128, 128))
+    draw.text((left + ramp_w + 6, top - 1), text, fill=colour)
 
 
 def _fit(array: np.ndarray, cell: int) -> Image.Image:
@@ -116,7 +129,8 @@ def thumbnail(array: np.ndarray, cell: int) -> np.ndarray:
 
 
 def save_grid(rows: Sequence[GridRow], model_names: Sequence[str], path: Path, cell: int = 160) -> Path:
-    """Grid PNG: one row per sample; columns image, ground truth, then each model's map (white = blurred).
+    """Grid PNG: one row per sample; columns image, ground truth, then each model's map; a legend under it
+    (white = blurred).
     Size is exactly ``grid_size(len(rows), 2 + len(model_names), cell)``."""
     columns = ["image", "ground truth", *model_names]
     width, height = grid_size(len(rows), len(columns), cell)
@@ -130,6 +144,7 @@ def save_grid(rows: Sequence[GridRow], model_names: Sequence[str], path: Path, c
         for j, panel in enumerate(panels):
             canvas.paste(_fit(panel, cell), (GRID_PAD + j * (cell + GRID_PAD), top))
         draw.text((GRID_PAD + 3, top + 2), row.sample_id, fill=(255, 255, 0))
+    draw_legend(draw, GRID_PAD, height - GRID_LEGEND + 5)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

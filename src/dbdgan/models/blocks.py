@@ -87,9 +87,12 @@ class SEModule(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
+    def gate(self, x: Tensor) -> Tensor:
+        """The per-channel weights [B,C,1,1] in (0, 1)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)), inplace=True)))
+
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s), inplace=True)))
+        return x * self.gate(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -138,12 +141,15 @@ class SEResNeXtBottleneck(nn.Module):
             )
         nn.init.zeros_(self.bn3.weight)  # residual branch starts as identity: trains well from scratch
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # what fold_batchnorm may fold
+
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.se_module(self.bn3(self.conv3(out)))
-        return F.relu(out + shortcut, inplace=True)
+        out = self.bn3(self.conv3(out))
+        # SE re-weighting and the residual sum in one pass over the activations: shortcut + out * gate
+        return F.relu(torch.addcmul(shortcut, out, self.se_module.gate(out)), inplace=True)
 
 
 class InvertedResidual(nn.Module):
@@ -191,11 +197,21 @@ class Conv2dSame(nn.Conv2d):
             raise ValueError(f"same padding needs kernel_size >= stride, got {kernel_size} < {stride}")
         super().__init__(in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=bias)
 
+    def same_pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zeros that TF's "same" adds to an input of this size."""
+        k, s = self.kernel_size[0], self.stride[0]
+        pad_h = k - s + (-height) % s
+        pad_w = k - s + (-width) % s
+        return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
     def forward(self, x: Tensor) -> Tensor:
         k, s = self.kernel_size[0], self.stride[0]
-        pad_h = k - s + (-x.shape[-2]) % s
-        pad_w = k - s + (-x.shape[-1]) % s
-        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        if s == 1 and k % 2 == 1:  # "same" is symmetric then: the conv pads itself, no padded copy of x
+            return F.conv2d(x, self.weight, self.bias, 1, k // 2, self.dilation, self.groups)
+        return super().forward(F.pad(x, self.same_pads(x.shape[-2], x.shape[-1])))
+
+    def conv2d_unpadded(self, x: Tensor) -> Tensor:
+        """The convolution of an input that already carries its "same" padding."""
         return super().forward(x)
 
 
@@ -229,7 +245,7 @@ class MBConv(nn.Module):
             depthwise = Conv2dSame(mid, mid, kernel_size, stride, groups=mid, bias=False)
         else:
             depthwise = nn.Conv2d(mid, mid, kernel_size, stride, kernel_size // 2, groups=mid, bias=False)
-        self.act = act()
+        self.act = act(inplace=True) if act in (nn.ReLU, nn.ReLU6) else act()  # in place: one pass less
         if self.expand:
             self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
@@ -245,16 +261,48 @@ class MBConv(nn.Module):
             self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps)
 
+    @property
+    def conv_bn_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(conv, the batch norm right after it) names, for fold_batchnorm."""
+        if self.expand:
+            return ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")
+        return ("conv_dw", "bn1"), ("conv_pw", "bn2")
+
     def forward(self, x: Tensor) -> Tensor:
         if self.expand:
-            out = self.act(self.bn1(self.conv_pw(x)))
-            out = self.act(self.bn2(self.conv_dw(out)))
+            if self._pads_before_expanding():
+                out = self.act(self.bn2(self.conv_dw.conv2d_unpadded(self._expand_padded(x))))
+            else:
+                out = self.act(self.bn2(self.conv_dw(self.act(self.bn1(self.conv_pw(x))))))
             out = self.bn3(self.conv_pwl(self.se(out)))
         else:
             out = self.act(self.bn1(self.conv_dw(x)))
             out = self.bn2(self.conv_pw(self.se(out)))
         if self.has_skip:
             out = drop_path(out, self.drop_path_rate, self.training) + x
+        return out
+
+    def _pads_before_expanding(self) -> bool:
+        """Under inference_mode (not tracing) through a padding depthwise conv: see `_expand_padded`."""
+        return (isinstance(self.conv_dw, Conv2dSame) and self.conv_dw.stride[0] > 1
+                and torch.is_inference_mode_enabled() and not torch.jit.is_tracing())
+
+    def _expand_padded(self, x: Tensor) -> Tensor:
+        """The expanded activations with the depthwise conv's "same" zeros around them, padded before expanding.
+
+        The expansion (1x1 conv, BN, activation) is per pixel, so expanding the padded input and zeroing the
+        border afterwards gives exactly the padded expansion, at 1/expand_ratio of the copy: the pad of the
+        expanded tensor is the costliest memory pass of a stride-2 block. In-place zeroing would break
+        autograd and does not export cleanly, hence only under inference_mode (what prediction runs in; FLOP
+        counts, which run under no_grad, see the plain path).
+        """
+        left, right, top, bottom = self.conv_dw.same_pads(x.shape[-2], x.shape[-1])
+        out = self.act(self.bn1(self.conv_pw(F.pad(x, (left, right, top, bottom)))))
+        height, width = out.shape[-2:]
+        out[..., :top, :] = 0
+        out[..., height - bottom:, :] = 0
+        out[..., :, :left] = 0
+        out[..., :, width - right:] = 0
         return out
 
 

@@ -79,8 +79,13 @@ class EfficientNetLite(Encoder):
             self.bn2 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
             self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
+    @property
+    def conv_bn_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(conv, the batch norm right after it) names, for fold_batchnorm."""
+        return (("conv_stem", "bn1"), ("conv_head", "bn2")) if self.num_classes > 0 else (("conv_stem", "bn1"),)
+
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.relu6(self.bn1(self.conv_stem(x)))
+        x = F.relu6(self.bn1(self.conv_stem(x)), inplace=True)
         outs = []
         for i, stage in enumerate(self.blocks):
             x = stage(x)

@@ -84,6 +84,8 @@ class EfficientNetEncoder(Encoder):
         self.out_strides.append(32)
         self.out_channels.append(head)
 
+    conv_bn_pairs = (("conv_stem", "bn1"), ("conv_head", "bn2"))  # what fold_batchnorm may fold
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = torch.nn.functional.silu(self.bn1(self.conv_stem(x)))
         outs = []

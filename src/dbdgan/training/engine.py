@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from dbdgan.checkpoint import (
     load_training_state,
@@ -28,6 +28,7 @@ from dbdgan.config import OptimParams, Params, TrainingParams
 from dbdgan.data.dataset import DBDDataset
 from dbdgan.evaluation.metrics import MAE, FBetaCurve
 from dbdgan.io_utils import atomic_torch_save
+from dbdgan.progress import progress
 from dbdgan.tracking import Tracking, stage_run
 from dbdgan.training.runtime import Runtime, barrier
 
@@ -151,6 +152,19 @@ def validation_scores(model: nn.Module, loader: DataLoader, device: torch.device
     return {**row, "val_score": row["val_max_f_sharp"] - row["val_mae"]}
 
 
+_VAL_LABELS = {"val_max_f_sharp": "in-focus max-F", "val_max_f": "blurred max-F", "val_mae": "MAE",
+               "val_score": "score"}
+
+
+def epoch_line(stage: str, epoch: int, epochs: int, row: dict[str, float], kept: bool, seconds: float) -> str:
+    """One readable line per epoch: losses, validation numbers, whether it is the kept model, time taken."""
+    losses = ", ".join(f"{key.removeprefix('loss_')} {value:.4f}" for key, value in row.items()
+                       if key.startswith("loss_"))
+    val = ", ".join(f"{label} {row[key]:.3f}" for key, label in _VAL_LABELS.items() if key in row)
+    return (f"{stage} epoch {epoch}/{epochs} ({seconds:.0f} s): loss {losses or '-'} | val {val}"
+            f"{' | kept (best so far)' if kept else ''}")
+
+
 def selection_score(row: dict[str, float], metric: str) -> float:
     """Higher is better: the validation number that picks the kept epoch (MAE counts negated)."""
     return -row[metric] if metric == "val_mae" else row[metric]
@@ -240,8 +254,10 @@ def fit(job: TrainingJob) -> dict[str, Any]:
         for epoch in range(first_epoch, job.epochs):
             start_epoch(job.train_loader, params.seed, epoch)
             totals: dict[str, float] = {}
-            bar = tqdm(job.train_loader, desc=f"{job.stage} {epoch + 1}/{job.epochs}", disable=not runtime.is_main,
-                       leave=False)
+            started = time.monotonic()
+            # a bar on a terminal; in a log file only the epoch line below
+            bar = progress(job.train_loader, f"{job.stage} {epoch + 1}/{job.epochs}", unit="batch",
+                           enabled=runtime.is_main, log_every_s=None)
             for step, batch in enumerate(bar):
                 losses = job.train_step(batch, epoch, step)
                 for sched in job.schedulers.values():
@@ -253,14 +269,15 @@ def fit(job: TrainingJob) -> dict[str, Any]:
             if runtime.is_main:
                 row.update(validation_scores(job.exported, job.val_loader, runtime.device, params.evaluate.beta2))
                 history.append({"epoch": epoch + 1, **row})
-                log.info("%s epoch %d: %s", job.stage, epoch + 1, row)
+                kept = selection_score(row, job.best_metric) > best
+                log.info("%s", epoch_line(job.stage, epoch + 1, job.epochs, row, kept, time.monotonic() - started))
                 if run is not None:
                     import mlflow
 
                     mlflow.log_metrics(row, step=epoch + 1)
                 if not _all_finite(job.exported):
                     raise NonFiniteLossError(f"weights of {job.arch} became non-finite in epoch {epoch + 1}")
-                if selection_score(row, job.best_metric) > best:
+                if kept:
                     best = selection_score(row, job.best_metric)
                     # input_size: the whole-image size it was validated at, which `dbdgan predict` then uses
                     save_model_file(best_path, job.arch, job.arch_kwargs, job.exported,

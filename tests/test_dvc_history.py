@@ -1,0 +1,195 @@
+"""DVC history and storage of this pipeline, in a temporary git repository on a tiny params overlay.
+
+`make run`, change one param, `make run` again: `dvc metrics diff`, `dvc plots diff` and `dvc exp show` then
+compare both runs, because dvc.lock and the small metrics files are committed (cache: false) while data and
+models go to the DVC cache. Those outputs round-trip through `dvc push` / `dvc pull` to an S3 remote (the
+repository's own .dvc/config, pointed at a moto server on 127.0.0.1; credentials from the environment only).
+Real `make`, `git`, `dvc` and MLflow (sqlite); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from pipeline_fixtures import REPO
+
+from dbdgan.graph import STEPS
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+STAGES = [step.name for step in STEPS]
+# Cached by DVC (and so pushed): everything the stages write except the git-tracked metrics and the
+# per-machine registration record.
+CACHED = ("data/prepared", "reports/validation", "models/teacher.pt", "models/student.pt", "metrics/onnx")
+
+
+def _tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["synthetic"].update(num_images=24, size=48)
+    for stage in ("train_teacher", "distill_student"):
+        params[stage].update(epochs=1, batch_size=4, image_size=48)
+    params["evaluate"].update(efficiency_size=64, efficiency_runs=1, grid_samples=2, int8=False)
+    return params
+
+
+def _env() -> dict[str, str]:
+    """No virtual environment on PATH: the stages must find the CLI through inputs.yaml."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def _set_param(repo: Path, section: str, key: str, value: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _hashes(repo: Path) -> dict[str, str]:
+    found = {}
+    for name in CACHED:
+        path = repo / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                found[file.relative_to(repo).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> dict:
+    """A fresh clone's layout; `make run`, commit, one param changed, `make run` again."""
+    repo = tmp_path_factory.mktemp("history")
+    for name in ("Makefile", "dvc.yaml", "inputs.yaml", ".gitignore", ".dvcignore", "data/.gitignore",
+                 "data/README.md", "mlflow/README.md", "pyproject.toml", "constraints.txt"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "src" / "dbdgan", repo / "src" / "dbdgan", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # what `make install` made
+    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    git_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": str(repo.parent / "gitconfig"),
+               "GIT_CONFIG_NOSYSTEM": "1"}
+    os.environ.update(git_env)  # restored below; dvc's own git calls need the identity too
+    try:
+        _run(["git", "init", "-q"], repo)
+        _run([DVC, "init", "-q"], repo)
+        shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the documented remote
+        _run(["git", "add", "-A"], repo)
+        _run(["git", "commit", "-qm", "fresh clone"], repo)
+        make = ["make", "-s", "-o", ".venv/.installed", "run"]
+        first = _run(make, repo)
+        _run(["git", "add", "-A"], repo)
+        tracked = _run(["git", "ls-files"], repo).split()
+        _run(["git", "commit", "-qm", "first run"], repo)
+        _set_param(repo, "distill_student", "epochs", 2)
+        second = _run(make, repo)
+        yield {"repo": repo, "first": first, "second": second, "tracked": tracked}
+    finally:
+        for key in git_env:
+            os.environ.pop(key, None)
+
+
+@pytest.mark.slow
+def test_make_run_ends_with_the_numbers_and_commits_what_dvc_compares(history):
+    assert _ran(history["first"]) == STAGES
+    assert _ran(history["second"]) == ["distill_student", "evaluate", "register"]
+    repo, tracked = history["repo"], history["tracked"]
+    student = json.loads((repo / "metrics" / "student.json").read_text())
+    tail = history["second"][history["second"].index("Results ("):]
+    student_row = next(line.split() for line in tail.splitlines() if line.split()[:1] == ["student"])
+    assert student_row[1:4] == [f"{student['infocus_max_f']:.3f}", f"{student['max_f']:.3f}", f"{student['mae']:.3f}"]
+    assert any(line.split()[:2] == ["baseline", "laplacian"] for line in tail.splitlines())
+    assert "metrics/plots/grid.png" in tail and '"gate"' not in tail
+    for name in ("dvc.lock", "metrics/student.json", "metrics/teacher.json", "metrics/baseline_laplacian.json",
+                 "metrics/plots/f_student.csv", "metrics/plots/curves.png", "data/README.md", "mlflow/README.md"):
+        assert name in tracked, f"{name} is not in git"
+    for prefix in ("models/", "data/prepared", "metrics/onnx", "mlflow/mlflow.db", "mlflow/artifacts", "checkpoints/",
+                   "reports/"):
+        assert not [t for t in tracked if t.startswith(prefix)], f"{prefix} should stay out of git"
+
+
+@pytest.mark.slow
+def test_metrics_diff_plots_diff_and_exp_show_compare_both_runs(history):
+    repo = history["repo"]
+    head = json.loads(_run(["git", "show", "HEAD:metrics/student.json"], repo))
+    now = json.loads((repo / "metrics" / "student.json").read_text())
+    diff = json.loads(_run([DVC, "metrics", "diff", "--all", "--json"], repo))
+    row = diff["metrics/student.json"]["max_f"]
+    assert (row["old"], row["new"]) == (pytest.approx(head["max_f"]), pytest.approx(now["max_f"]))
+    assert diff["metrics/teacher.json"]["mae"]["old"] == pytest.approx(diff["metrics/teacher.json"]["mae"]["new"])
+    params = json.loads(_run([DVC, "params", "diff", "--json"], repo))
+    assert params["params.yaml"]["distill_student.epochs"] == {"old": 1, "new": 2, "diff": 1}
+
+    shown = json.loads(_run([DVC, "exp", "show", "--json"], repo))
+    rows = {entry["rev"]: entry for entry in shown}
+    values = {rev: entry["data"]["metrics"]["metrics/student.json"]["data"]["max_f"] for rev, entry in rows.items()}
+    epochs = {rev: entry["data"]["params"]["params.yaml"]["data"]["distill_student"]["epochs"]
+              for rev, entry in rows.items()}
+    head_rev = _run(["git", "rev-parse", "HEAD"], repo).strip()
+    assert values == {"workspace": pytest.approx(now["max_f"]), head_rev: pytest.approx(head["max_f"])}
+    assert epochs == {"workspace": 2, head_rev: 1}
+
+    plots = json.loads(_run([DVC, "plots", "diff", "HEAD", "--json"], repo))
+    (curve,) = plots["data"]["f_vs_threshold"]
+    assert set(curve["revisions"]) == {"HEAD", "workspace"}
+    drawn = {(row["rev"], row["filename"]) for row in curve["content"]["data"]["values"]}
+    assert {("HEAD", "f_student.csv"), ("workspace", "f_student.csv"), ("HEAD", "f_baseline_laplacian.csv")} <= drawn
+
+
+@pytest.mark.slow
+def test_repro_finds_the_cli_without_path_and_an_experiment_shows_up(history):
+    """`dvc exp run` with no virtual environment on PATH; the experiment joins `dvc exp show`."""
+    repo = history["repo"]
+    assert shutil.which("dbdgan", path=_env()["PATH"]) is None
+    out = _run([DVC, "exp", "run", "-S", "evaluate.grid_samples=1", "-n", "fewer-samples"], repo)
+    assert _ran(out) == ["evaluate", "register"]
+    shown = json.loads(_run([DVC, "exp", "show", "--json"], repo))
+    names = [exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])]
+    assert "fewer-samples" in names
+
+
+@pytest.mark.slow
+def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
+    """The committed remote config, its bucket moved to a moto server by `--local` config and env only."""
+    repo = history["repo"]
+    bucket = f"dvc-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    _run([DVC, "remote", "modify", "--local", "storage", "url", f"s3://{bucket}/store"], repo)
+    env = _env()
+    assert "AWS_ENDPOINT_URL" in env and "AWS_SECRET_ACCESS_KEY" in env  # from the s3_server fixture
+    assert "secret" not in (repo / ".dvc" / "config").read_text().lower().replace("aws_secret_access_key", "")
+    before = _hashes(repo)
+    assert set(CACHED) <= {k if k in CACHED else k.rsplit("/", 1)[0] for k in before} | set(CACHED)
+    _run([DVC, "push"], repo, env)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(
+        Bucket=bucket, Prefix="store/").get("Contents", [])]
+    assert len(keys) >= len(before), keys
+
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for name in CACHED:
+        path = repo / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _run([DVC, "pull"], repo, env)
+    assert _hashes(repo) == before
+    assert _ran(_run([DVC, "repro"], repo, env)) == []  # the pulled outputs are the pipeline's, nothing reruns
