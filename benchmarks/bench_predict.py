@@ -78,15 +78,20 @@ def run_predict(photos: Path, model: Path, out: Path, backend: str, overlays: bo
                "--workers", str(args.workers)]
     if not overlays:
         command.append("--no-overlay")
+    summary, wall = timed_command(command, args, "dbdgan predict")
+    summary.pop("outputs")
+    return {**summary, "command_wall_s": wall}
+
+
+def timed_command(command: list[str], args: argparse.Namespace, what: str) -> tuple[dict[str, Any], float]:
+    """Run a predict command with --threads network threads; its JSON summary and its wall time."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"dbdgan predict failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    summary = json.loads(proc.stdout)
-    summary.pop("outputs")
-    return {**summary, "command_wall_s": wall}
+        raise SystemExit(f"{what} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout), wall
 
 
 def run_before(photos: Path, model: Path, out: Path, commit: str, folder: Path,
@@ -99,13 +104,8 @@ def run_before(photos: Path, model: Path, out: Path, commit: str, folder: Path,
     code = f"import sys; sys.path.insert(0, {str(source / 'src')!r}); from dbdgan.cli import main; sys.exit(main())"
     command = [sys.executable, "-c", code, "predict", str(photos), "--model", str(model), "-o", str(out),
                "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"dbdgan predict at {commit} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    images = json.loads(proc.stdout)["written"]
+    summary, wall = timed_command(command, args, f"dbdgan predict at {commit}")
+    images = summary["written"]
     return {"backend": f"torch, code of {commit}", "overlays": True, "images": images, "command_wall_s": wall,
             "command_img_s": images / wall}
 

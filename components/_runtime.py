@@ -85,12 +85,6 @@ def scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def pick(values: dict[str, float], key: str) -> float:
-    if key not in values:
-        raise KeyError(f"metric {key!r} not found; available: {', '.join(sorted(values)) or 'none'}")
-    return values[key]
-
-
 def split_counts(data_dir: str | Path) -> dict[str, int]:
     with (Path(data_dir) / "manifest.csv").open(newline="") as handle:
         return dict(sorted(Counter(row["split"] for row in csv.DictReader(handle)).items()))

@@ -19,6 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# params overrides for a pipeline run of a few seconds per step (the kfp.local and in-image runs)
+TINY = [
+    "seed=0", "device=cpu",
+    "data.synthetic.num_images=24", "data.synthetic.size=48", "data.min_size=32",
+    "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
+    "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
+    "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
+    "evaluate.thresholds=32", "evaluate.grid_samples=2",
+    "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
+]
 SECRET_PREFIX = "PLANTEDSECRET"
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from kfp_fixtures import dummy_credentials, files_containing, mlflow_server, moto_server, stop_group
+from kfp_fixtures import TINY, dummy_credentials, files_containing, mlflow_server, moto_server, stop_group
 
 from dbdgan_kfp.components.factory import image
 from dbdgan_kfp.pipelines.k8s import ClusterSettings
@@ -38,15 +38,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dbdgan-image"
 UID = ClusterSettings().run_as_user  # what the cluster compile runs pods as: must be the image's own user
-TINY = [
-    "seed=0", "device=cpu",
-    "data.synthetic.num_images=24", "data.synthetic.size=48", "data.min_size=32",
-    "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
-    "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
-    "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
-    "evaluate.thresholds=32", "evaluate.grid_samples=2",
-    "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
-]
 
 
 def _missing(reason: str) -> None:

@@ -16,22 +16,21 @@ from typing import Any
 
 import boto3
 import pytest
-from kfp_fixtures import MlflowServer, dummy_credentials, files_containing, mlflow_server, moto_server, port_closed
+from kfp_fixtures import (
+    TINY,
+    MlflowServer,
+    dummy_credentials,
+    files_containing,
+    mlflow_server,
+    moto_server,
+    port_closed,
+)
 
 from dbdgan_kfp.pipelines import cli
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "seed=0", "device=cpu",
-    "data.synthetic.num_images=24", "data.synthetic.size=48", "data.min_size=32",
-    "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
-    "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
-    "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
-    "evaluate.thresholds=32", "evaluate.grid_samples=2",
-    "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
-]
 BUCKET = "dbdgan-it"
 
 

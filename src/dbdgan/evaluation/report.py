@@ -11,10 +11,18 @@ from torch import nn
 
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
+from dbdgan.data.imageio import load_rgb
 from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
 from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models, read_split
-from dbdgan.evaluation.onnx_export import OnnxModel, calibration_from_files, check_onnx, export_onnx, quantize_onnx
+from dbdgan.evaluation.onnx_export import (
+    CALIBRATION_IMAGES,
+    OnnxModel,
+    calibration_inputs,
+    check_onnx,
+    export_onnx,
+    quantize_onnx,
+)
 from dbdgan.inference import InputSize, is_model_uri, load_predictor, predict_probability
 from dbdgan.io_utils import atomic_write_json
 from dbdgan.tracking import Tracking, configure
@@ -40,15 +48,16 @@ def _onnx_parity(model: nn.Module, path: Path, size: int, input_size: InputSize)
             "map_max_abs_diff": float((torch_map - onnx_map).abs().max())}
 
 
-def _int8_models(models: dict[str, nn.Module], sizes: dict[str, InputSize], calibration_photos: list[Path],
+def _int8_models(models: dict[str, nn.Module], sizes: dict[str, InputSize], data_dir: Path,
                  out_dir: Path) -> dict[str, nn.Module]:
-    """Static int8 ONNX copies calibrated on training photos, scored beside the float models to show what int8
-    costs."""
+    """Static int8 ONNX copies calibrated on training photos (read once for all models), scored beside the
+    float models to show what int8 costs."""
+    photos = [load_rgb(sample.image) for sample in read_split(data_dir, "train")[:CALIBRATION_IMAGES]]
     onnx_dir = out_dir / "onnx"
     quantised = {}
     for name, model in models.items():
         float_path = export_onnx(model, onnx_dir / f"{name}.onnx")
-        calibration = calibration_from_files(calibration_photos, sizes[name])
+        calibration = calibration_inputs(photos, sizes[name])
         quantised[f"{name}_int8"] = OnnxModel(quantize_onnx(float_path, onnx_dir / f"{name}.int8.onnx", calibration))
     return quantised
 
@@ -89,9 +98,8 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
     if ev.int8 or ev.onnx:
         # Stale files from an earlier evaluation must not stand in for this one's export.
         shutil.rmtree(out_dir / "onnx", ignore_errors=True)
-    calibration_photos = [sample.image for sample in read_split(data_dir, "train")] if ev.int8 else []
-    quantised = (_int8_models(models, {name: item.input_size for name, item in loaded.items()},
-                              calibration_photos, out_dir) if ev.int8 else {})
+    quantised = (_int8_models(models, {name: item.input_size for name, item in loaded.items()}, data_dir, out_dir)
+                 if ev.int8 else {})
     # Networks see images at the size they were trained on; the baselines work at native resolution.
     sizes = {name: loaded[name.removesuffix("_int8")].input_size for name in [*models, *quantised]}
     results = evaluate_models({**models, **quantised, **baselines}, data_dir, split, out_dir, beta2=ev.beta2,
