@@ -153,16 +153,29 @@ class _Timer:
                 self.seconds[stage] += time.perf_counter() - start
 
 
-def _decode(path: Path, max_pixels: int, timer: _Timer) -> tuple[np.ndarray, str | None]:
+def _decode(path: Path, max_pixels: int, size: InputSize,
+            timer: _Timer) -> tuple[np.ndarray, str | None, Any]:
+    """A worker's part before the network: the photo's pixels, its note and the network's input."""
     with timer("decode"):
-        return _load(path, max_pixels)
+        rgb, note = _load(path, max_pixels)
+    with timer("preprocess"):
+        return rgb, note, network_input(rgb, size)
 
 
-def _write(rgb: np.ndarray, prob: np.ndarray, blur_path: Path, overlay_path: Path | None, timer: _Timer) -> None:
+def _write(rgb: np.ndarray, prob: Any, blur_path: Path, overlay_path: Path | None, timer: _Timer) -> float:
+    """A worker's part after the network: the map at the photo's resolution, written; its blurred fraction."""
+    with timer("postprocess"):
+        blur = blur_map(prob, rgb.shape)
     with timer("write"):
-        atomic_write_bytes(blur_path, _png((prob * 255.0 + 0.5).astype(np.uint8)))
+        atomic_write_bytes(blur_path, _png((blur * 255.0 + 0.5).astype(np.uint8)))
         if overlay_path is not None:
-            atomic_write_bytes(overlay_path, _png(overlay(rgb, prob)))
+            atomic_write_bytes(overlay_path, _png(overlay(rgb, blur)))
+    return float((blur >= 0.5).mean())
+
+
+def _finish(entry: dict[str, Any], written: Future) -> None:
+    """Wait for an output's write (raising its error) and record what it found."""
+    entry["blurred_fraction"] = written.result()
 
 
 def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | LoadedModel,
@@ -175,8 +188,9 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
     `input_size`: "auto" uses the size a registered model was stored with, or for a local file the size it
     was validated at in training (native resolution for files without one); None forces native resolution,
     an int resizes to that square for the network. Same-size network inputs share batches of `batch_size`;
-    `workers` threads decode the next photos and write the last maps while the network runs (`backend`:
-    PyTorch, or onnxruntime on the same inputs). Maps are those of `inference.blur_maps`.
+    `workers` threads decode and resize the next photos, and resize back and write the last maps, while the
+    network runs (`backend`: PyTorch, or onnxruntime on the same inputs). Maps are those of
+    `inference.blur_maps`.
     Returns a summary; `summary["failed"]` lists every input that could not be processed, with the reason;
     `summary["timings"]`: the wall time, the part spent loading and preparing the network (`prepare_s`) and
     on the images (`images_s`), and the seconds spent in each stage.
@@ -207,18 +221,20 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
     bar = progress_bar(total=len(files), desc="predict", unit="img", enabled=progress)
     with logging_redirect_tqdm(), bar, ThreadPoolExecutor(workers, thread_name_prefix="predict") as pool:
         # decoding runs up to two batches ahead of the network, writing up to two batches behind it
-        decoding: list[Future | None] = [pool.submit(_decode, path, max_pixels, timer)
+        decoding: list[Future | None] = [pool.submit(_decode, path, max_pixels, size, timer)
                                          for path in files[:2 * batch_size]]
-        writes: deque[Future] = deque()
+        writes: deque[tuple[dict[str, Any], Future]] = deque()
         for start in range(0, len(files), batch_size):
             ahead = start + 2 * batch_size
-            decoding += [pool.submit(_decode, path, max_pixels, timer) for path in files[ahead:ahead + batch_size]]
+            decoding += [pool.submit(_decode, path, max_pixels, size, timer)
+                         for path in files[ahead:ahead + batch_size]]
             batch: list[tuple[Path, np.ndarray, str | None]] = []
+            inputs = []
             for index in range(start, min(start + batch_size, len(files))):
                 path, future = files[index], decoding[index]
                 decoding[index] = None  # the pixels now live only in this batch
                 try:
-                    rgb, note = future.result()
+                    rgb, note, tensor = future.result()
                 except ImageError as exc:
                     log.warning("skipped %s", exc)
                     failed.append({"path": str(path), "error": exc.reason})
@@ -227,32 +243,28 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                 if note:
                     log.info("%s: %s", path, note)
                 batch.append((path, rgb, note))
+                inputs.append(tensor)
             if not batch:
                 continue
-            with timer("preprocess"):
-                inputs = [network_input(rgb, size) for _, rgb, _ in batch]
             with timer("network"):
                 probs = network_probabilities(network, inputs, batch_size)
             for (path, rgb, note), prob in zip(batch, probs, strict=True):
-                with timer("postprocess"):
-                    blur = blur_map(prob, rgb.shape)
                 stem = stems[path]
                 blur_path = out_dir / f"{stem}_blur.png"
                 overlay_path = out_dir / f"{stem}_overlay.png" if overlays else None
-                while writes and (writes[0].done() or len(writes) >= 2 * batch_size):
-                    writes.popleft().result()  # bounded memory; a failed write (disk full ...) stops here
-                writes.append(pool.submit(_write, rgb, blur, blur_path, overlay_path, timer))
+                while writes and (writes[0][1].done() or len(writes) >= 2 * batch_size):
+                    _finish(*writes.popleft())  # bounded memory; a failed write (disk full ...) stops here
                 entry = {"input": str(path), "blur_map": str(blur_path),
-                         "width": rgb.shape[1], "height": rgb.shape[0],
-                         "blurred_fraction": float((blur >= 0.5).mean())}
+                         "width": rgb.shape[1], "height": rgb.shape[0]}
+                writes.append((entry, pool.submit(_write, rgb, prob, blur_path, overlay_path, timer)))
                 if overlay_path is not None:
                     entry["overlay"] = str(overlay_path)
                 if note:
                     entry["note"] = note
                 outputs.append(entry)
                 bar.update(1)
-        for future in writes:
-            future.result()
+        for pending in writes:
+            _finish(*pending)
     finished = time.perf_counter()
     timings = {"wall_s": finished - started, "prepare_s": prepared - started, "images_s": finished - prepared,
                **{f"{k}_s": v for k, v in timer.seconds.items()}}
