@@ -87,11 +87,21 @@ def run_row(row: Row, args: argparse.Namespace) -> Path:
     scores = out / "metrics"
     steps.evaluate(params, dataset=dataset, out=scores, models={row.kind: model}, tracking=tracking)
     (out / "row.txt").write_text(f"{row.name}\n{row.what}\noverrides: {' '.join(row.overrides) or '-'}\n"
-                                 f"budget: {' '.join(budget)}\ntrain_s: {train_s:.0f}\n"
+                                 f"budget: {' '.join(budget)}\nrecipe: {recipe(load_params(PROFILE))}\n"
+                                 f"train_s: {train_s:.0f}\n"
                                  f"teacher: {args.teacher if row.kind == 'student' else '-'}\n"
                                  f"machine: {machine_info()}\n")
     print(f"bench_ablation: {row.name} (seed {args.seed}) trained in {train_s / 60:.1f} min -> {scores}")
     return scores
+
+
+def recipe(params) -> str:
+    """The profile's knobs (before a row's changes) that a recipe change moves: learning rates, adversarial
+    weights."""
+    teacher, student = params.train_teacher, params.distill_student
+    return (f"teacher lr {teacher.optim.lr:g} (encoder x{teacher.optim.encoder_lr_mult:g}), w_adv {teacher.w_adv:g}; "
+            f"student lr {student.optim.lr:g} (encoder x{student.optim.encoder_lr_mult:g}), "
+            f"w_adv {student.w_adv:g}, w_distill {student.w_distill:g}")
 
 
 def prepared_dataset(args: argparse.Namespace) -> Path:

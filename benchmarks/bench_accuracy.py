@@ -134,6 +134,15 @@ def ablation_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def ablation_header(root: Path, first_row: str) -> str:
+    """What an ablation's rows share: its folder, budget and recipe (from a row's row.txt)."""
+    lines = (root / first_row / "row.txt").read_text().splitlines() if (root / first_row / "row.txt").is_file() else []
+    shared = "; ".join(line for line in lines if line.startswith(("budget:", "recipe:"))) or "budget: see row.txt"
+    return (f"Ablation in `{root.name}` (benchmarks/bench_ablation.py, one training per row, same budget and seed "
+            f"per kind, validation split as above; {shared}). Student rows distil from one teacher. Baselines "
+            "from the run above. 'spread' = max - min in-focus max-F over the seeds.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,7 +150,8 @@ def main() -> int:
     parser.add_argument("--run", dest="runs", type=parse_run, action="append",
                         help="LABEL=DIR of an evaluate step's metrics (default real=runs/real/metrics); "
                              "repeat to compare runs, e.g. with and without synthetic pre-training")
-    parser.add_argument("--ablation", type=Path, help="ROOT of benchmarks/bench_ablation.py rows")
+    parser.add_argument("--ablation", type=Path, action="append", default=[],
+                        help="ROOT of benchmarks/bench_ablation.py rows; repeat for ablations of other recipes")
     add_common_args(parser, "accuracy", timing=False)
     args = parser.parse_args()
     runs = args.runs or [("real", ROOT / "runs/real/metrics")]
@@ -197,31 +207,23 @@ def main() -> int:
             ("student_meets_goal", "student meets goal", ""),
         ], gaps),
     ]
-    if args.ablation:
-        ablation = read_ablation(args.ablation)
+    baselines = [row for row in rows if row["model"] in BASELINES and row["run"] == rows[0]["run"]]
+    for root in args.ablation:
+        ablation = read_ablation(root)
         if not ablation:
-            print(f"bench_accuracy: no ablation rows under {args.ablation} (benchmarks/bench_ablation.py --all)",
+            print(f"bench_accuracy: no ablation rows under {root} (benchmarks/bench_ablation.py --all)",
                   file=sys.stderr)
             return 2
         table = ablation_table(ablation)
-        report["ablation"] = {"root": str(args.ablation), "runs": ablation, "table": table}
-        baselines = [row for row in rows if row["model"] in BASELINES and row["run"] == rows[0]["run"]]
-        budget = (args.ablation / ablation[0]["row"] / "row.txt")
-        sections += [
-            "Ablation (benchmarks/bench_ablation.py, one training per row, same budget and seed per kind, "
-            "validation split as above; "
-            + (budget.read_text().splitlines()[3] if budget.is_file() else "budget: see row.txt")
-            + "). Student rows distil from one teacher. Baselines from the run above. 'spread' = max - min "
-            "in-focus max-F over the seeds.",
-            markdown_table([
-                ("row", "row", ""), ("what", "what", ""), ("infocus_max_f", "max-F (in focus +)", ".3f"),
-                ("max_f", "max-F (blurred +)", ".3f"), ("infocus_mean_f", "mean F (in focus +)", ".3f"),
-                ("mean_f", "mean F (blurred +)", ".3f"), ("mae", "MAE", ".3f"),
-                ("params_m", "params (M)", ".2f"), ("gflops", "GFLOPs", ".2f"),
-                ("latency_ms_b1", "ms (batch 1)", ".0f"), ("seeds", "seeds", ""), ("spread", "spread", ""),
-            ], table + [{"row": row["model"], "what": "baseline", **row, "seeds": "-", "spread": "-"}
-                        for row in baselines]),
-        ]
+        report.setdefault("ablations", []).append({"root": str(root), "runs": ablation, "table": table})
+        sections += [ablation_header(root, ablation[0]["row"]), markdown_table([
+            ("row", "row", ""), ("what", "what", ""), ("infocus_max_f", "max-F (in focus +)", ".3f"),
+            ("max_f", "max-F (blurred +)", ".3f"), ("infocus_mean_f", "mean F (in focus +)", ".3f"),
+            ("mean_f", "mean F (blurred +)", ".3f"), ("mae", "MAE", ".3f"),
+            ("params_m", "params (M)", ".2f"), ("gflops", "GFLOPs", ".2f"),
+            ("latency_ms_b1", "ms (batch 1)", ".0f"), ("seeds", "seeds", ""), ("spread", "spread", ""),
+        ], table + [{"row": row["model"], "what": "baseline", **row, "seeds": "-", "spread": "-"}
+                    for row in baselines])]
     finish("accuracy", report, sections, args.out_dir, timing=False)
     return 0
 

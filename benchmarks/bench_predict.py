@@ -185,8 +185,8 @@ def main() -> int:
 
     from dbdgan.inference import load_predictor, size_tuple
 
-    report: dict[str, Any] = {"machine": machine_info(), "settings": {key: str(value) if isinstance(value, Path) else value
-                                                            for key, value in vars(args).items()}}
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    report: dict[str, Any] = {"machine": machine_info(), "settings": settings}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         model = args.model or default_model()
