@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from dbdgan.checkpoint import save_model_file
-from dbdgan.inference import blur_maps, predict_probability, prepare_network, to_tensor
+from dbdgan.inference import blur_maps, network_input, predict_probability, prepare_network, to_tensor
 from dbdgan.models import create_model
 from dbdgan.models.blocks import Conv2dSame
 from dbdgan.models.fusion import fold_batchnorm, inference_copy
@@ -111,6 +111,19 @@ def test_batched_maps_equal_single_image_prediction():
             assert got.shape == image.shape[:2] and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-5)
 
+
+
+def test_the_8_bit_resize_is_the_float_resize_rounded():
+    """Preprocessing resizes the 8-bit pixels (6x cheaper): whole grey levels, as the training loader's, within one
+    of resizing in float; at the photo's own size the pixels are only scaled."""
+    image = np.random.default_rng(3).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    got = network_input(image, (40, 48))
+    assert got.dtype == torch.float32 and got.shape == (1, 3, 40, 48)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    in_float = F.interpolate(pixels, size=(40, 48), mode="bilinear", align_corners=False, antialias=True)
+    assert (got - in_float).abs().max() <= 1.0 / 255 + 1e-6
+    assert (got * 255.0 - (got * 255.0).round()).abs().max() < 1e-3  # whole grey levels, as the loader's
+    np.testing.assert_array_equal(network_input(image, None)[0].permute(1, 2, 0).numpy(), image / np.float32(255.0))
 
 @pytest.fixture(scope="module")
 def photos_and_model(tmp_path_factory) -> tuple[Path, Path]:
