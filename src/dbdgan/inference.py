@@ -46,19 +46,21 @@ def size_tuple(input_size: InputSize) -> tuple[int, int] | None:
     return size
 
 
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 def _to_network(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """[B,3,H,W] uint8 pixels or floats in [0, 1] -> floats in [0, 1] at `size`.
 
-    8-bit pixels are resized as they are (on CPU; torch has no 8-bit kernel elsewhere), then scaled.
+    8-bit pixels are resized as they are (torch's 8-bit kernel is CPU-only), then scaled.
     """
-    if image.dtype == torch.uint8 and size is not None and tuple(image.shape[-2:]) != size \
-            and image.device.type == "cpu":
-        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    resize = size is not None and tuple(image.shape[-2:]) != size
     if image.dtype == torch.uint8:
+        if resize and image.device.type == "cpu":
+            image, resize = _resize(image, size), False
         image = image.float().div_(255.0)
-    if size is None or tuple(image.shape[-2:]) == size:
-        return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return _resize(image, size) if resize else image
 
 
 def _back(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
