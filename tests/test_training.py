@@ -58,9 +58,10 @@ def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
     assert model(torch.rand(1, 3, 37, 53)).shape == (1, 1, 37, 53)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["train_teacher.ema_decay=0.9"]], ids=["raw", "moving-average"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch, extra):
     straight = tmp_path / "straight"
-    _train(straight, prepared)
+    _train(straight, prepared, extra)
 
     resumed = tmp_path / "resumed"
     real_start_epoch = engine.start_epoch
@@ -72,17 +73,38 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, prepared, monkeypatch)
 
     monkeypatch.setattr(engine, "start_epoch", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        _train(resumed, prepared)
+        _train(resumed, prepared, extra)
     assert _last_state(resumed, "teacher")["epoch"] == 1
     assert not (resumed / "models" / "teacher.pt").exists()
     monkeypatch.setattr(engine, "start_epoch", real_start_epoch)
-    _train(resumed, prepared)
+    _train(resumed, prepared, extra)
 
     a, b = _last_state(straight, "teacher"), _last_state(resumed, "teacher")
     assert a["epoch"] == b["epoch"] == 2
     for name in ("teacher", "d1"):
         for key, tensor in a["modules"][name].items():
             assert torch.equal(tensor, b["modules"][name][key]), f"{name}.{key} differs after resume"
+    assert ("averaged" in a) == bool(extra)
+    for key, tensor in a.get("averaged", {}).items():
+        assert torch.equal(tensor, b["averaged"][key]), f"moving average {key} differs after resume"
+
+
+def test_moving_average_is_what_is_validated_and_kept(tmp_path, prepared):
+    result = _train(tmp_path, prepared, ["train_teacher.epochs=1", "train_teacher.ema_decay=0.5"])
+    state = _last_state(tmp_path, "teacher")
+    kept = read_model_file(tmp_path / "models" / "teacher.pt")["state_dict"]
+    averaged = {key.removeprefix("module."): value for key, value in state["averaged"].items()
+                if key.startswith("module.")}
+    raw = state["modules"]["teacher"]
+    assert set(kept) == set(averaged) and all(torch.equal(kept[k], averaged[k]) for k in kept)
+    assert any(not torch.equal(kept[k], raw[k]) for k in kept if kept[k].is_floating_point())
+    from dbdgan.training.runtime import init_runtime
+
+    params = _params(["train_teacher.ema_decay=0.5"])
+    _, val = engine.make_loaders(prepared, params.train_teacher, params.seed, init_runtime("cpu"))
+    rescored = engine.validation_scores(load_model_file(tmp_path / "models" / "teacher.pt"), val,
+                                        torch.device("cpu"), params.evaluate.beta2)
+    assert rescored["val_mae"] == pytest.approx(result["history"][0]["val_mae"], abs=1e-6)
 
 
 def test_multi_scale_knobs_reach_the_loaders(tmp_path, prepared):
@@ -209,3 +231,19 @@ def test_both_students_distil_with_each_option(tmp_path, prepared, overrides):
     model = load_model_file(tmp_path / "models" / "student.pt")
     assert read_model_file(tmp_path / "models" / "student.pt")["arch"] == arch
     assert model(torch.rand(1, 3, 45, 71)).shape == (1, 1, 45, 71)
+
+
+def test_moving_average_warms_up_its_decay():
+    """The first update copies; update n (n >= 1) moves by 1 - min(decay, (1 + n) / (10 + n)) of the way."""
+    net = torch.nn.BatchNorm1d(1)
+    averaged = engine.moving_average(net, 0.9)
+    expected = 0.0
+    for n, value in enumerate([4.0, 2.0, 8.0, 1.0, 5.0]):
+        net.weight.data.fill_(value)
+        net.num_batches_tracked.fill_(n + 1)
+        averaged.update_parameters(net)
+        decay = 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+        assert averaged.module.weight.item() == pytest.approx(expected, rel=1e-6)
+        assert averaged.module.num_batches_tracked.item() == n + 1  # counters follow the network
+    assert engine.moving_average(net, None) is None

@@ -100,6 +100,9 @@ class TrainingParams(_Section):
     w_adv: float = Field(0.01, ge=0.0)
     # the epoch whose model is kept: val_score = in-focus max-F - MAE (the goals' two numbers), or one of them
     best_metric: Literal["val_score", "val_max_f_sharp", "val_max_f", "val_mae"] = "val_score"
+    # validate and keep an exponential moving average of the network's weights (and batch-norm statistics),
+    # updated every step with this decay, instead of the raw weights: it evens out step-to-step noise
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     amp: bool = True  # CUDA only
 
     @field_validator("crop_scale")

@@ -120,6 +120,12 @@ def blur_map(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
 
 
 @torch.inference_mode()
+def blur_map_8bit(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """`blur_map` as uint8 grey levels (255 = blurred), rounded: what `dbdgan predict` writes."""
+    return _back(prob, tuple(shape[:2]))[0, 0].mul(255.0).add_(0.5).to(torch.uint8).numpy()
+
+
+@torch.inference_mode()
 def blur_maps(model: nn.Module, images: Sequence[np.ndarray], input_size: InputSize = None,
               batch_size: int = 4, flip_tta: bool = False) -> list[np.ndarray]:
     """uint8 HxWx3 images of any sizes -> float32 HxW blur probabilities: the one prediction path.

@@ -26,7 +26,7 @@ from dbdgan.inference import (
     Backend,
     InputSize,
     LoadedModel,
-    blur_map,
+    blur_map_8bit,
     blur_maps,
     load_predictor,
     network_input,
@@ -110,9 +110,9 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay(image: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The photo with blurred regions tinted, in proportion to their blur probability."""
-    weight = (OVERLAY_ALPHA * prob)[:, :, None]
+def overlay(image: np.ndarray, blur: np.ndarray) -> np.ndarray:
+    """The photo with blurred regions tinted, in proportion to their blur probability (8-bit map)."""
+    weight = (blur * np.float32(OVERLAY_ALPHA / 255.0))[:, :, None]
     tinted = image * (1.0 - weight) + (OVERLAY_COLOUR * weight + 0.5)
     return np.clip(tinted, 0, 255, out=tinted).astype(np.uint8)
 
@@ -162,15 +162,14 @@ def _decode(path: Path, max_pixels: int, size: InputSize,
         return rgb, note, network_input(rgb, size)
 
 
-def _write(rgb: np.ndarray, prob: Any, blur_path: Path, overlay_path: Path | None, timer: _Timer) -> float:
-    """A worker's part after the network: the map at the photo's resolution, written; its blurred fraction."""
-    with timer("postprocess"):
-        blur = blur_map(prob, rgb.shape)
+def _write(rgb: np.ndarray, blur: np.ndarray, blur_path: Path, overlay_path: Path | None,
+           timer: _Timer) -> float:
+    """A worker's part after the network: the 8-bit map (and overlay) written; the map's blurred fraction."""
     with timer("write"):
-        atomic_write_bytes(blur_path, _png((blur * 255.0 + 0.5).astype(np.uint8)))
+        atomic_write_bytes(blur_path, _png(blur))
         if overlay_path is not None:
             atomic_write_bytes(overlay_path, _png(overlay(rgb, blur)))
-    return float((blur >= 0.5).mean())
+    return float((blur >= 128).mean())  # probability >= 0.5, as rounded to grey levels
 
 
 def _finish(entry: dict[str, Any], written: Future) -> None:
@@ -248,7 +247,9 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                 continue
             with timer("network"):
                 probs = network_probabilities(network, inputs, batch_size)
-            for (path, rgb, note), prob in zip(batch, probs, strict=True):
+            with timer("postprocess"):  # here, on the network's threads: in a worker it would stall them
+                blurs = [blur_map_8bit(prob, rgb.shape) for (_, rgb, _), prob in zip(batch, probs, strict=True)]
+            for (path, rgb, note), blur in zip(batch, blurs, strict=True):
                 stem = stems[path]
                 blur_path = out_dir / f"{stem}_blur.png"
                 overlay_path = out_dir / f"{stem}_overlay.png" if overlays else None
@@ -256,7 +257,7 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                     _finish(*writes.popleft())  # bounded memory; a failed write (disk full ...) stops here
                 entry = {"input": str(path), "blur_map": str(blur_path),
                          "width": rgb.shape[1], "height": rgb.shape[0]}
-                writes.append((entry, pool.submit(_write, rgb, prob, blur_path, overlay_path, timer)))
+                writes.append((entry, pool.submit(_write, rgb, blur, blur_path, overlay_path, timer)))
                 if overlay_path is not None:
                     entry["overlay"] = str(overlay_path)
                 if note:

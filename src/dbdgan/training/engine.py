@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dbdgan.checkpoint import (
@@ -193,9 +194,30 @@ class TrainingJob:
     run_fingerprint: str
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     best_metric: str = "val_score"
+    ema_decay: float | None = None  # validate and keep a moving average of `exported`'s weights
 
 
-def _training_state(job: TrainingJob, epoch: int, best: float, run_id: str | None) -> dict[str, Any]:
+def moving_average(module: nn.Module, decay: float | None) -> AveragedModel | None:
+    """A per-step exponential moving average of the weights and batch-norm statistics (None: no averaging).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's moving averages):
+    with the full decay from the first step, the random start of a decoder lingers in the average for epochs.
+    """
+    if decay is None:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor | int) -> None:
+        if not averaged[0].is_floating_point():  # batch-norm step counters: follow the network
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(updates)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return AveragedModel(module, multi_avg_fn=update, use_buffers=True)
+
+
+def _training_state(job: TrainingJob, epoch: int, best: float, run_id: str | None,
+                    averaged: AveragedModel | None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "fingerprint": resume_key(job.run_fingerprint, job.epochs),
         "epoch": epoch,
@@ -206,24 +228,28 @@ def _training_state(job: TrainingJob, epoch: int, best: float, run_id: str | Non
         "optimizers": {name: opt.state_dict() for name, opt in job.optimizers.items()},
         "schedulers": {name: sched.state_dict() for name, sched in job.schedulers.items()},
     }
+    if averaged is not None:
+        state["averaged"] = averaged.state_dict()
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore(job: TrainingJob, state: dict[str, Any]) -> None:
+def _restore(job: TrainingJob, state: dict[str, Any], averaged: AveragedModel | None) -> None:
     for name, module in job.modules.items():
         module.load_state_dict(state["modules"][name])
     for name, opt in job.optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     for name, sched in job.schedulers.items():
         sched.load_state_dict(state["schedulers"][name])
+    if averaged is not None:
+        averaged.load_state_dict(state["averaged"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def _resume_point(job: TrainingJob) -> tuple[int, float, str | None]:
+def _resume_point(job: TrainingJob, averaged: AveragedModel | None) -> tuple[int, float, str | None]:
     last = job.checkpoint_dir / "last.pt"
     if not last.is_file():
         return 0, -math.inf, None
@@ -233,7 +259,7 @@ def _resume_point(job: TrainingJob) -> tuple[int, float, str | None]:
         log.warning("not resuming %s: its %s differ from this run's; training from the start", last,
                     ", ".join(differ))
         return 0, -math.inf, None
-    _restore(job, state)
+    _restore(job, state, averaged)
     log.info("resuming %s from %s after epoch %d", job.stage, last, state["epoch"])
     return int(state["epoch"]), float(state["best_score"]), state["mlflow_run_id"] or None
 
@@ -246,7 +272,9 @@ def fit(job: TrainingJob) -> dict[str, Any]:
     """Train for the configured epochs (resuming if possible) and write the best model to `out_path`."""
     runtime, params = job.runtime, job.params
     job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    first_epoch, best, run_id = _resume_point(job)
+    averaged = moving_average(job.exported, job.ema_decay)
+    kept_net = averaged.module if averaged is not None else job.exported  # what is validated and saved
+    first_epoch, best, run_id = _resume_point(job, averaged)
     best_path = job.checkpoint_dir / "best.pt"
     history: list[dict[str, float]] = []
     with stage_run(params, job.stage, job.tracking, run_id=run_id, enabled=runtime.is_main) as run:
@@ -262,12 +290,14 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                 losses = job.train_step(batch, epoch, step)
                 for sched in job.schedulers.values():
                     sched.step()
+                if averaged is not None:
+                    averaged.update_parameters(job.exported)
                 for key, value in losses.items():
                     totals[key] = totals.get(key, 0.0) + value
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             row = {f"loss_{k}": v / max(len(job.train_loader), 1) for k, v in totals.items()}
             if runtime.is_main:
-                row.update(validation_scores(job.exported, job.val_loader, runtime.device, params.evaluate.beta2))
+                row.update(validation_scores(kept_net, job.val_loader, runtime.device, params.evaluate.beta2))
                 history.append({"epoch": epoch + 1, **row})
                 kept = selection_score(row, job.best_metric) > best
                 log.info("%s", epoch_line(job.stage, epoch + 1, job.epochs, row, kept, time.monotonic() - started))
@@ -275,15 +305,16 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                     import mlflow
 
                     mlflow.log_metrics(row, step=epoch + 1)
-                if not _all_finite(job.exported):
+                if not _all_finite(kept_net):
                     raise NonFiniteLossError(f"weights of {job.arch} became non-finite in epoch {epoch + 1}")
                 if kept:
                     best = selection_score(row, job.best_metric)
                     # input_size: the whole-image size it was validated at, which `dbdgan predict` then uses
-                    save_model_file(best_path, job.arch, job.arch_kwargs, job.exported,
+                    save_model_file(best_path, job.arch, job.arch_kwargs, kept_net,
                                     {"epoch": epoch + 1, **row, "input_size": job.val_loader.dataset.size,
                                      **job.extra_metadata})
-                save_training_state(job.checkpoint_dir / "last.pt", _training_state(job, epoch + 1, best, run_id))
+                save_training_state(job.checkpoint_dir / "last.pt",
+                                    _training_state(job, epoch + 1, best, run_id, averaged))
             barrier(runtime)
         if runtime.is_main:
             payload = read_model_file(best_path)

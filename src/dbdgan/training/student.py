@@ -36,7 +36,7 @@ def distill_student(params: Params, dataset: Path, teacher: Path, out: Path, che
         total_steps = cfg.epochs * len(train_loader)
         job = TrainingJob(
             stage="distill_student", params=params, runtime=runtime, tracking=tracking,
-            best_metric=cfg.best_metric,
+            best_metric=cfg.best_metric, ema_decay=cfg.ema_decay,
             modules=gan.modules, optimizers=gan.optimizers,
             schedulers={name: build_scheduler(opt, cfg.optim, total_steps) for name, opt in gan.optimizers.items()},
             train_step=gan.step, exported=student, arch=params.model.student, arch_kwargs=arch_kwargs,

@@ -34,6 +34,7 @@ def train_teacher(params: Params, dataset: Path, out: Path, checkpoints: Path, t
         total_steps = cfg.epochs * len(train_loader)
         job = TrainingJob(
             stage="train_teacher", params=params, runtime=runtime, tracking=tracking, best_metric=cfg.best_metric,
+            ema_decay=cfg.ema_decay,
             modules=gan.modules, optimizers=gan.optimizers,
             schedulers={name: build_scheduler(opt, cfg.optim, total_steps) for name, opt in gan.optimizers.items()},
             train_step=gan.step, exported=teacher, arch=params.model.teacher, arch_kwargs=arch_kwargs,
