@@ -6,7 +6,9 @@ as a user runs it (a subprocess, --threads threads) on the first --images photos
 seconds spent in each stage (decode, preprocess, network, postprocess, write; summed over threads: decoding
 and writing overlap with the network). End-to-end rate = images / the time on the images (preparation left
 out: it is paid once per command, and the table shows it). The network-only rate is the same prepared
-network on batches of the same size and input size, timed here (random input: cost does not depend on it).
+network on batches of the same size and input size, timed here (random input: cost does not depend on it)
+just before each command; each row runs --repeats times and shows the run with the median ratio, since
+on a shared machine the network's own rate moves by 20-30 % from one minute to the next.
 
 Goals (issue 17): end-to-end >= 80 % of the network-only rate, and >= 3x the 4 images/s measured before
 for the CUHK profile's student.
@@ -83,11 +85,12 @@ def run_predict(photos: Path, model: Path, out: Path, backend: str, overlays: bo
     return {**summary, "command_wall_s": wall}
 
 
-def timed_command(command: list[str], args: argparse.Namespace, what: str) -> tuple[dict[str, Any], float]:
+def timed_command(command: list[str], args: argparse.Namespace, what: str,
+                  cwd: Path = ROOT) -> tuple[dict[str, Any], float]:
     """Run a predict command with --threads network threads; its JSON summary and its wall time."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -96,15 +99,17 @@ def timed_command(command: list[str], args: argparse.Namespace, what: str) -> tu
 
 def run_before(photos: Path, model: Path, out: Path, commit: str, folder: Path,
                args: argparse.Namespace) -> dict[str, Any]:
-    """`dbdgan predict` as it was at `commit` (its library from `git archive`, its defaults), same photos."""
+    """`dbdgan predict` as it was at `commit` (its library and params.yaml from `git archive`, run in their
+    folder: that CLI reads params.yaml and refuses keys added since), same photos."""
     source = folder / "before"
     source.mkdir()
-    archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", commit, "src", "params.yaml"], cwd=ROOT, capture_output=True,
+                             check=True)
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
     code = f"import sys; sys.path.insert(0, {str(source / 'src')!r}); from dbdgan.cli import main; sys.exit(main())"
-    command = [sys.executable, "-c", code, "predict", str(photos), "--model", str(model), "-o", str(out),
+    command = [sys.executable, "-c", code, "predict", str(photos), "--model", str(model.resolve()), "-o", str(out),
                "--no-progress"]
-    summary, wall = timed_command(command, args, f"dbdgan predict at {commit}")
+    summary, wall = timed_command(command, args, f"dbdgan predict at {commit}", cwd=source)
     images = summary["written"]
     return {"backend": f"torch, code of {commit}", "overlays": True, "images": images, "command_wall_s": wall,
             "command_img_s": images / wall}
@@ -139,6 +144,12 @@ def row(backend: str, overlays: bool, result: dict[str, Any], net: dict[str, Any
     return out
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median ratio (the lower middle one for an even count), with every run's ratio."""
+    middle = sorted(runs, key=lambda r: r["ratio"])[(len(runs) - 1) // 2]
+    return {**middle, "runs": len(runs), "ratios": ", ".join(f"{r['ratio']:.2f}" for r in runs)}
+
+
 COLUMNS = [
     ("backend", "backend", ""),
     ("overlays", "overlays", ""),
@@ -146,6 +157,7 @@ COLUMNS = [
     ("e2e_img_s", "end to end (img/s)", ".1f"),
     ("network_img_s", "network only (img/s)", ".1f"),
     ("ratio", "end to end / network", ".2f"),
+    ("ratios", "ratio, each run", ""),
     ("speedup_over_before", "x the 4 img/s before", ".1f"),
     ("prepare_s", "load + prepare (s)", ".1f"),
     ("command_wall_s", "command wall (s)", ".1f"),
@@ -171,6 +183,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10, help="timed network-only batches (median)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="commands per row, each after its own network-only timing; the row is the run "
+                             "with the median ratio (default 3)")
     parser.add_argument("--before", default=BEFORE_COMMIT,
                         help="also run `dbdgan predict` as it was at this commit, same photos and model "
                              f"(default {BEFORE_COMMIT}, the last one before issue 17; '' skips it)")
@@ -200,13 +215,16 @@ def main() -> int:
         photos = Path(tmp) / "photos"
         report["photos"] = [p.name for p in photo_folder(photos, args.images)]
         for backend in args.backends:
-            net = network_only(model, backend, args, size)
             for overlays in (True, False):
-                result = run_predict(photos, model, Path(tmp) / f"out-{backend}-{overlays}", backend, overlays, args)
-                rows.append(row(backend, overlays, result, net))
-                r = rows[-1]
-                print(f"{backend}, overlays {overlays}: {r['e2e_img_s']:.1f} img/s end to end, network alone "
-                      f"{r['network_img_s']:.1f} img/s (ratio {r['ratio']:.2f})", flush=True)
+                runs = []
+                for repeat in range(args.repeats):  # the network alone timed just before each command
+                    net = network_only(model, backend, args, size)
+                    out = Path(tmp) / f"out-{backend}-{overlays}-{repeat}"
+                    runs.append(row(backend, overlays, run_predict(photos, model, out, backend, overlays, args), net))
+                    r = runs[-1]
+                    print(f"{backend}, overlays {overlays}: {r['e2e_img_s']:.1f} img/s end to end, network alone "
+                          f"{r['network_img_s']:.1f} img/s (ratio {r['ratio']:.2f})", flush=True)
+                rows.append(median_run(runs))
         if args.before:
             rows.append(run_before(photos, model, Path(tmp) / "out-before", args.before, Path(tmp), args))
             print(f"before ({args.before}): {rows[-1]['command_img_s']:.1f} img/s, whole command", flush=True)
@@ -216,10 +234,11 @@ def main() -> int:
     sections = [
         f"Model: {what}. {len(report['photos'])} CUHK photos (full size, 640 px JPEGs) through `dbdgan predict` "
         f"(a subprocess, batch {args.batch_size}, {args.workers} decode/write threads, {args.threads} threads "
-        "for the network), once per row. End to end = photos / the command's time on the images (after "
-        "loading and preparing the network: BN folding, and for onnx the verified export). Network only = "
-        f"the same prepared network on [{args.batch_size}, 3, {size[0]}, {size[1]}] batches made by predict's "
-        "preprocessing, median of "
+        f"for the network), {args.repeats} times per row, each run right after its own network-only timing; "
+        "the row shows the run with the median ratio, and every run's ratio. End to end = photos / the "
+        "command's time on the images (after loading and preparing the network: BN folding, and for onnx the "
+        "verified export). Network only = the same prepared network on "
+        f"[{args.batch_size}, 3, {size[0]}, {size[1]}] batches made by predict's preprocessing, median of "
         f"{args.runs}. Stage columns: seconds per photo spent in each stage, summed over threads (decode and "
         "write run beside the network, so they overlap).",
         markdown_table(COLUMNS, rows),

@@ -66,9 +66,9 @@ def test_good_inputs_of_every_mode_keep_their_resolution(tmp_path, model_file):
     for stem, path in files.items():
         with Image.open(path) as original:
             size = original.size
-        with Image.open(out / f"{stem}_blur.png") as blur, Image.open(out / f"{stem}_overlay.png") as over:
+        with Image.open(out / f"{stem}_blur.png") as blur, Image.open(out / f"{stem}_overlay.jpg") as over:
             assert blur.size == size and blur.mode == "L"
-            assert over.size == size and over.mode == "RGB"
+            assert over.size == size and over.mode == "RGB" and over.format == "JPEG"
     again = predict_paths([inputs], model_file, out, input_size=32, progress=False)
     assert again["written"] == 5  # the earlier outputs inside the folder were not picked up
 

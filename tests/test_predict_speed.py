@@ -3,6 +3,9 @@ batching, overlapped decode/write, the onnxruntime backend (tiny presets, small 
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +190,17 @@ def test_a_failed_write_fails_the_call(tmp_path, photos_and_model):
     (tmp_path / "out" / "p3_blur.png").mkdir(parents=True)
     with pytest.raises(OSError):
         predict_paths([folder], model_file, tmp_path / "out", batch_size=2, progress=False, overlays=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_workers_run_below_the_network_in_priority():
+    """Decode/write threads drop to nice 19 so they fill the network's gaps; the calling thread keeps its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dbdgan import predict
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with ThreadPoolExecutor(1, initializer=predict._yield_to_network) as pool:
+        worker = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert worker == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

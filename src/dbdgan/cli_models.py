@@ -90,7 +90,7 @@ def add_commands(add: AddCommand) -> None:
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local .pt file "
                         "(default: %(default)s)")
     add_tracking_args(p, experiment=False)
-    p.add_argument("-o", "--out", required=True, help="output folder (<stem>_blur.png, <stem>_overlay.png)")
+    p.add_argument("-o", "--out", required=True, help="output folder (<stem>_blur.png, <stem>_overlay.jpg)")
     p.add_argument("--batch-size", type=int, default=8, help="same-size network inputs per batch (default 8)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",  # inference.BACKENDS, without torch
                    help="torch, or onnx: the model exported (and checked against PyTorch) and run by onnxruntime, "
