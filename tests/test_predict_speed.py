@@ -204,3 +204,14 @@ def test_workers_run_below_the_network_in_priority():
         worker = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
     assert worker == 19
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_written_maps_are_the_float_maps_rounded():
+    """predict rounds on the network's threads; the grey levels are those of `blur_map` rounded, exactly."""
+    from dbdgan.inference import blur_map, blur_map_8bit
+
+    torch.manual_seed(0)
+    for prob in (torch.rand(1, 1, 40, 50), torch.rand(1, 1, 64, 64)):
+        for shape in ((97, 131, 3), (64, 64, 3)):
+            expected = (blur_map(prob.clone(), shape) * 255.0 + 0.5).astype(np.uint8)
+            np.testing.assert_array_equal(blur_map_8bit(prob.clone(), shape), expected)
