@@ -100,13 +100,13 @@ def recipe(params) -> str:
     weights, the weights' moving average and the validation size (where the profile sets them)."""
     teacher, student = params.train_teacher, params.distill_student
 
-    def kept(cfg) -> str:
+    def ema_and_val(cfg) -> str:
         return "".join([f", ema {cfg.ema_decay:g}" if cfg.ema_decay else "",
                         f", val {cfg.val_size}" if cfg.val_size else ""])
 
     return (f"teacher lr {teacher.optim.lr:g} (encoder x{teacher.optim.encoder_lr_mult:g}), w_adv {teacher.w_adv:g}"
-            f"{kept(teacher)}; student lr {student.optim.lr:g} (encoder x{student.optim.encoder_lr_mult:g}), "
-            f"w_adv {student.w_adv:g}, w_distill {student.w_distill:g}{kept(student)}")
+            f"{ema_and_val(teacher)}; student lr {student.optim.lr:g} (encoder x{student.optim.encoder_lr_mult:g}), "
+            f"w_adv {student.w_adv:g}, w_distill {student.w_distill:g}{ema_and_val(student)}")
 
 
 def prepared_dataset(args: argparse.Namespace) -> Path:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, add_common_args, finish, machine_info, markdown_table
+from common import ROOT, add_common_args, finish, labelled_path, machine_info, markdown_table
 
 MODELS = ["teacher", "student"]
 BASELINES = ["baseline_all_blurred", "baseline_laplacian"]
@@ -33,14 +33,6 @@ METRICS = ["max_f", "adaptive_f", "mean_f", "infocus_max_f", "infocus_adaptive_f
 GOAL = {"infocus_max_f": 0.90, "mae": 0.08, "teacher_gap": 0.01, "flops_ratio": 3.0}
 ABLATION_METRICS = ["infocus_max_f", "max_f", "infocus_mean_f", "mean_f", "mae"]
 HOW_TO_RUN = "make train-real DATA=../shared/data/cuhk-dbd"
-
-
-def parse_run(text: str) -> tuple[str, Path]:
-    label, sep, path = text.partition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
-    path_obj = Path(path)
-    return label, path_obj if path_obj.is_absolute() else ROOT / path_obj
 
 
 def read_run(label: str, metrics_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -147,7 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", dest="runs", type=parse_run, action="append",
+    parser.add_argument("--run", dest="runs", type=labelled_path, action="append",
                         help="LABEL=DIR of an evaluate step's metrics (default real=runs/real/metrics); "
                              "repeat to compare runs, e.g. with and without synthetic pre-training")
     parser.add_argument("--ablation", type=Path, action="append", default=[],

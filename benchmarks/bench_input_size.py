@@ -19,24 +19,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, add_common_args, finish, machine_info, markdown_table, set_threads
+from common import ROOT, add_common_args, finish, labelled_path, machine_info, markdown_table, set_threads
 
 DEFAULT_DATA = ROOT / "runs/real/data/prepared"
 METRICS = ("infocus_max_f", "max_f", "mae")
 
 
-def parse_model(text: str) -> tuple[str, Path]:
-    label, sep, path = text.partition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"--model takes LABEL=PATH, got {text!r}")
-    return label, Path(path)
-
-
-def score(label: str, path: Path, data: Path, split: str, size: int, flip_tta: bool) -> dict[str, Any]:
+def score(label: str, path: Path, model: Any, data: Path, split: str, size: int,
+          flip_tta: bool) -> dict[str, Any]:
     from dbdgan.evaluation.evaluate import evaluate_models
-    from dbdgan.inference import load_predictor
 
-    model = load_predictor(path).model
     with tempfile.TemporaryDirectory() as out:
         result = evaluate_models({"model": model}, data, split, Path(out), flip_tta=flip_tta, input_size=size)
     row = {"model": label, "file": str(path), "size": size, "n_images": result["model"]["n_images"]}
@@ -45,7 +37,8 @@ def score(label: str, path: Path, data: Path, split: str, size: int, flip_tta: b
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=parse_model, action="append", required=True, help="LABEL=PATH")
+    parser.add_argument("--model", type=labelled_path, action="append", required=True,
+                        help="LABEL=PATH (relative to the repository root)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset (default: %(default)s)")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 352, 384, 416, 448])
@@ -59,10 +52,13 @@ def main() -> int:
               file=sys.stderr)
         return 2
     set_threads(args.threads)
+    from dbdgan.inference import load_predictor
+
     rows = []
     for label, path in args.model:
+        model = load_predictor(path).model
         for size in args.sizes:
-            rows.append(score(label, path, args.data, args.split, size, args.flip_tta))
+            rows.append(score(label, path, model, args.data, args.split, size, args.flip_tta))
             print(f"{label} at {size}: " + ", ".join(f"{k} {rows[-1][k]:.4f}" for k in METRICS), flush=True)
     columns = [("model", "model", ""), ("size", "input size", "d"), ("infocus_max_f", "max-F (in focus +)", ".4f"),
                ("max_f", "max-F (blurred +)", ".4f"), ("mae", "MAE", ".4f")]

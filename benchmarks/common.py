@@ -171,6 +171,17 @@ def finish(
     print(f"wrote {out_dir / f'{name}.json'} and {out_dir / f'{name}.md'}")
 
 
+def labelled_path(text: str) -> tuple[str, Path]:
+    """An argparse type for LABEL=PATH; a relative PATH is taken from the repository root."""
+    import argparse
+
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    path_obj = Path(path)
+    return label, path_obj if path_obj.is_absolute() else ROOT / path_obj
+
+
 def cuhk_subset(source: Path, target: Path, count: int) -> Path:
     """Symlink the first `count` CUHK pairs (sorted by name): a quick-to-prepare stand-in for the set."""
     (target / "images").mkdir(parents=True)

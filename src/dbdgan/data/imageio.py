@@ -7,7 +7,9 @@ viewer shows them (`upright`), so a map lies over the photo as a person sees it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,6 +99,13 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def encode_image(array: np.ndarray, **save_options: Any) -> bytes:
+    """An 8-bit array as the bytes of an image file: `save_options` are PIL's (format=..., its settings)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, **save_options)
+    return buffer.getvalue()
 
 
 def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -30,6 +30,7 @@ from dbdgan.data.imageio import (
     DEFAULT_MAX_PIXELS,
     POLARITIES,
     ImageError,
+    encode_image,
     exif_orientation,
     image_to_rgb,
     load_mask,
@@ -55,6 +56,7 @@ MANIFEST_COLUMNS = (
 )
 SPLITS = ("train", "val", "test")
 MARKER = "prepare.json"
+PNG_FORMAT = {"format": "PNG", "compress_level": 6}  # prepared masks and lossless-converted photos
 # What a prepared folder written before the marker existed holds: such a folder may be replaced too.
 _LEGACY_ENTRIES = frozenset({"images", "masks", "manifest.csv", "contact_sheet.png"})
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -132,12 +134,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def _write_pair(
     root: Path,
     sample_id: str,
@@ -147,7 +143,7 @@ def _write_pair(
     shape: tuple[int, int, int],
 ) -> Record:
     """Write one image (given as file bytes) and its {0,1} mask under root; return its manifest record."""
-    mask_bytes = _png_bytes(mask.astype(np.uint8) * 255)
+    mask_bytes = encode_image(mask.astype(np.uint8) * 255, **PNG_FORMAT)
     image_rel, mask_rel = f"images/{sample_id}{image_ext}", f"masks/{sample_id}.png"
     (root / image_rel).write_bytes(image_bytes)
     (root / mask_rel).write_bytes(mask_bytes)
@@ -182,7 +178,7 @@ def _real_task(args: tuple[Path, SamplePair, str, bool, int]) -> Record:
             shape = (image.height, image.width, 3)
         else:
             rgb = image_to_rgb(image)
-            data, ext, shape = _png_bytes(rgb), ".png", rgb.shape
+            data, ext, shape = encode_image(rgb, **PNG_FORMAT), ".png", rgb.shape
     lossy = pair.mask.suffix.lower() in LOSSY_MASK_EXTENSIONS
     mask = load_mask(pair.mask, max_pixels, polarity, binarize=binarize or lossy)
     if mask.shape != shape[:2]:
