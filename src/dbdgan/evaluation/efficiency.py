@@ -1,13 +1,13 @@
 """How expensive a model is: parameters, FLOPs, serialised size, CPU latency and throughput.
 
-Timings depend on threads and on the memory allocator (see DESIGN.md), so the result records both.
+Timings depend on threads, OpenMP's wait policy and the memory allocator (see DESIGN.md, dbdgan.runtime_policy),
+so the result records all three.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from dbdgan import runtime_policy
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -101,18 +103,8 @@ def model_efficiency(
         "gflop_s_b1": flops / 1e6 / latency,
         "throughput_batch": throughput_batch,
         "throughput_img_s": throughput_batch * 1000.0 / batch_ms,
-        "torch_threads": torch.get_num_threads(),
-        "allocator": _allocator(),
+        **runtime_policy.describe(),
     }
-
-
-def _allocator() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        if name in preload:
-            return name
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return f"glibc ({tunables})" if tunables else "glibc (default)"
 
 
 def model_device(model: nn.Module) -> torch.device:
