@@ -110,6 +110,37 @@ def test_versions_tags_aliases_and_run_link(registered):
     assert run.data.metrics["eval.max_f"] == pytest.approx(0.81)
 
 
+def test_lineage_of_the_image_reaches_the_tags_the_runs_and_the_model_card(tmp_path, monkeypatch):
+    """In a pod there is no git: the commit baked into the image, its reference and the Kubeflow run id are
+    on each version, on its run (the training run's own for the student, a register run for the teacher)
+    and in its model card."""
+    from dbdgan import lineage
+    from dbdgan.tracking import stage_run
+
+    commit, image = "0123456789abcdef0123456789abcdef01234567", "registry.example.com/ml/dbdgan:0.1.0-g0123456789"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name, value in ((lineage.COMMIT_ENV, commit), (lineage.DIRTY_ENV, "0"), (lineage.IMAGE_ENV, image),
+                        (lineage.PIPELINE_RUN_ENV, "run-7")):
+        monkeypatch.setenv(name, value)
+    params, models, _, manifest, tracking = make_workspace(tmp_path, training_run=False)
+    with stage_run(params, "distill_student", tracking) as run:
+        make_model_file(models["student"], "mobile_tiny", run.info.run_id)
+    register_models(params, models, ModelNames(), tmp_path / "metrics", manifest, tracking)
+
+    client = MlflowClient(tracking.resolved_uri)
+    expected = {"git_commit": commit, "git_dirty": "false", "image": image, "pipeline_run_id": "run-7"}
+    for name in ("dbd-teacher", "dbd-student"):
+        version = client.get_model_version_by_alias(name, "challenger")
+        assert {key: version.tags.get(key) for key in expected} == expected
+        run_tags = client.get_run(version.run_id).data.tags
+        assert {key: run_tags.get(f"dbdgan.{key}") for key in expected} == expected
+        assert run_tags["mlflow.source.git.commit"] == commit
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}",
+                                                         dst_path=str(tmp_path / name)))
+        card = next(local.rglob("model_card.md")).read_text()
+        assert f"git commit `{commit}`\n" in card and f"image: `{image}`" in card and "run: `run-7`" in card
+
+
 def test_student_goes_through_the_gate_and_the_decision_is_recorded(registered):
     client, result = registered["client"], registered["result"]
     gate = result["student"]["gate"]

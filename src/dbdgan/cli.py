@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dbdgan import __version__, graph, steps
+from dbdgan import __version__, graph, lineage, steps
 from dbdgan.config import ConfigError, Params, load_params, params_from_dict
 from dbdgan.failures import report
 from dbdgan.redact import RedactingFormatter, redact
@@ -259,10 +259,22 @@ def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
     return result
 
 
+class _Version(argparse.Action):
+    """`--version`: the version and where the code came from (asks git only when called)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {__version__}, {lineage.current().describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbdgan", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, help="the version and the commit (and image) of this code")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dbdgan.lineage import Lineage
+
 KEY_METRICS = (("infocus_max_f", "in-focus max-F", "higher"), ("max_f", "blurred max-F", "higher"),
                ("mae", "MAE", "lower"), ("infocus_mean_f", "in-focus mean F", "higher"))
 BASELINE_NAMES = {"baseline_laplacian": "Laplacian-energy sharpness map", "baseline_all_blurred": "all-blurred map"}
@@ -43,7 +45,17 @@ class CardFacts:
     teacher_arch: str | None = None
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     champion: dict[str, Any] | None = None  # {"version": int, "metrics": {key: value}} of the current champion
-    git_commit: str = "unknown"
+    lineage: Lineage = field(default_factory=Lineage)  # the code, image and pipeline run that made it
+
+
+def _code_lines(lineage: Lineage) -> list[str]:
+    """The card's lineage bullets: commit (and uncommitted changes), image and Kubeflow run when known."""
+    lines = [f"- code: git commit `{lineage.commit}`{' with uncommitted changes' if lineage.dirty else ''}"]
+    if lineage.image:
+        lines.append(f"- image: `{lineage.image}`")
+    if lineage.pipeline_run_id:
+        lines.append(f"- Kubeflow pipeline run: `{lineage.pipeline_run_id}`")
+    return lines
 
 
 def split_counts(manifest: Path) -> dict[str, int]:
@@ -143,7 +155,7 @@ def model_card(facts: CardFacts) -> str:
         f"- source: {facts.data_source}",
         f"- prepared manifest: `{facts.manifest.name}`, sha256 `{facts.manifest_sha256}`",
         "- images per split: " + ", ".join(f"{s} {n}" for s, n in counts.items()),
-        f"- code: git commit `{facts.git_commit}`",
+        *_code_lines(facts.lineage),
         "",
         f"## Metrics ({facts.protocol.get('split', '?')} split, F-beta with beta^2 = "
         f"{facts.protocol.get('beta2', '?')})",

@@ -10,28 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 import tempfile
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from dbdgan import lineage
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
 from dbdgan.model_card import BASELINE_NAMES, CardFacts, description, model_card
-from dbdgan.tracking import ModelNames, Tracking, configure, flatten
+from dbdgan.tracking import ModelNames, Tracking, configure, flatten, run_lineage_tags
 
 log = logging.getLogger(__name__)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _sha256(path: Path) -> str:
@@ -240,6 +231,8 @@ def _new_version(client: Any, name: str, role: str, model_path: Path, payload: d
     card = model_card(facts)
     run_id = _training_run(client, tags["training_run_id"] or None)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register_{role}"):
+        if run_id is None:  # a training run has its own lineage tags (tracking.stage_run)
+            mlflow.set_tags(run_lineage_tags(facts.lineage))
         dataset = training_dataset(facts.manifest, facts.data_source, facts.manifest_sha256)
         mlflow.log_input(dataset, context="training")
         # the size the network was validated at, from its file: the one source of a model's input size
@@ -295,7 +288,8 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     unknown = sorted(set(models) - {"teacher", "student"})
     if unknown:
         raise ValueError(f"roles {unknown} are neither 'teacher' nor 'student'")
-    common_tags = {MANIFEST_TAG: _sha256(manifest), "git_commit": _git_commit(),
+    code = lineage.current()  # this step's code: in a pod, the commit baked into the image
+    common_tags = {MANIFEST_TAG: _sha256(manifest), **code.tags(),
                    "params_hash": params_hash(params), "teacher_preset": params.model.teacher,
                    "student_preset": params.model.student}
     # read every input first, so a missing metrics file cannot leave half of the models registered
@@ -323,7 +317,7 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
                         manifest_sha256=tags[MANIFEST_TAG], metrics=metrics, protocol=json.loads(tags[PROTOCOL_TAG]),
                         input_size=payload["metadata"].get("input_size"),
                         teacher_arch=params.model.teacher if role == "student" else None, baselines=baselines,
-                        champion=_champion(client, name), git_commit=tags["git_commit"])
+                        champion=_champion(client, name), lineage=code)
                     version = _new_version(client, name, role, model_path, payload, metrics, tags, facts)
                     written.append((name, version.version))
                 else:

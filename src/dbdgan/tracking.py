@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dbdgan import lineage
 from dbdgan.config import Params
 from dbdgan.redact import redact
 
@@ -153,6 +154,15 @@ def _existing_run(run_id: str | None) -> str | None:
     return run_id
 
 
+def run_lineage_tags(code: lineage.Lineage) -> dict[str, str]:
+    """A run's lineage tags: `dbdgan.git_commit`, ... and MLflow's own source-commit tag, which its UI shows
+    (MLflow would otherwise guess it from the folder of the script that started Python)."""
+    tags = code.tags(prefix="dbdgan.")
+    if code.commit != lineage.UNKNOWN:
+        tags["mlflow.source.git.commit"] = code.commit
+    return tags
+
+
 @contextmanager
 def stage_run(params: Params, stage: str, tracking: Tracking, run_id: str | None = None,
               enabled: bool = True) -> Iterator[Any]:
@@ -166,6 +176,6 @@ def stage_run(params: Params, stage: str, tracking: Tracking, run_id: str | None
     run_id = _existing_run(run_id)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage) as run:
         if run_id is None:
-            mlflow.set_tag("dbdgan.stage", stage)
+            mlflow.set_tags({"dbdgan.stage": stage, **run_lineage_tags(lineage.current())})
             mlflow.log_params(flatten(params.model_dump(mode="json")))
         yield run
