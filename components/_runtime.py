@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import logging
 import os
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -20,16 +22,36 @@ import yaml
 from dbdgan.config import Params, params_from_dict
 from dbdgan.tracking import Tracking
 
+log = logging.getLogger(__name__)
 
-def load_params(params_yaml: str, overrides: list[str]) -> Params:
-    """params.yaml text + the user's overrides: hyperparameters only (paths come as artifacts)."""
+
+def _log_to_pod() -> None:
+    """The library's INFO lines (epoch lines, resume notices) go to the pod's log, where `kubectl logs`, the
+    KFP UI and Katib's metrics collector read them; the CLI sets this up in its own main()."""
+    library = logging.getLogger("dbdgan")
+    if not library.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
+
+
+_log_to_pod()
+# Read by dbdgan.lineage: the Kubeflow run that produced a registered model.
+PIPELINE_RUN_ENV = "DBDGAN_PIPELINE_RUN_ID"
+
+def load_params(params: str) -> Params:
+    """The step's params (the part of params.yaml it reads, baked in at compile time): hyperparameters only.
+
+    Keys the step does not read keep their defaults; they cannot change its result.
+    """
     try:
-        tree = yaml.safe_load(params_yaml) if params_yaml.strip() else {}
+        tree = yaml.safe_load(params) if params.strip() else {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"pipeline parameter params_yaml is not valid YAML: {exc}") from None
+        raise ValueError(f"component input params is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
-        raise ValueError("pipeline parameter params_yaml must hold a mapping at the top level")
-    return params_from_dict(tree, overrides, source="pipeline parameter params_yaml")
+        raise ValueError("component input params must hold a mapping at the top level")
+    return params_from_dict(tree, source="component input params")
 
 
 # Set by the cluster compile (pipelines/k8s.py) to the ConfigMap it reads MLFLOW_TRACKING_URI from.
@@ -58,8 +80,29 @@ def tracking(mlflow_tracking_uri: str, experiment: str) -> Tracking:
 
 
 def scratch(name: str) -> Path:
-    """A fresh folder for files that are not outputs (checkpoints, downloads); never the working tree."""
+    """A fresh folder for files that are not outputs (downloads); never the working tree."""
     return Path(tempfile.mkdtemp(prefix=f"dbdgan-{name}-"))
+
+
+def checkpoints(workspace: str, task: str) -> Path:
+    """Where a training task keeps `last.pt`: in the run's workspace, so that a retry of the task resumes.
+
+    The workspace (a PVC on a cluster, a folder under kfp.local) lives as long as the pipeline run and is the
+    same for every attempt of a task; the task's name keeps the pre-training and the real run apart. Without
+    a workspace (compiled with --workspace-size 0) the checkpoints go to the pod's temp folder and a retried
+    task starts again from its first epoch.
+    """
+    if not workspace.strip():
+        log.warning("no pipeline workspace: %s keeps its checkpoints in the pod, a retry starts from epoch 1",
+                    task)
+        return scratch(f"{task}-checkpoints")
+    return Path(workspace) / "checkpoints" / task
+
+
+def set_pipeline_run(run_id: str) -> None:
+    """Record the Kubeflow run id for the lineage the library writes (registry tags, model cards)."""
+    if run_id.strip():
+        os.environ[PIPELINE_RUN_ENV] = run_id.strip()
 
 
 def publish(path: str | Path, reports_uri: str, run_id: str, name: str) -> str:

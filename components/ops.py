@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from dbdgan_kfp.components.distill_student import distill_student
 from dbdgan_kfp.components.evaluate import evaluate
 from dbdgan_kfp.components.factory import image, with_image
+from dbdgan_kfp.components.import_teacher import import_teacher
 from dbdgan_kfp.components.prepare import prepare
 from dbdgan_kfp.components.publish import publish_reports
 from dbdgan_kfp.components.register import announce_champion, register
@@ -19,7 +20,8 @@ from dbdgan_kfp.components.validate import validate
 
 STEP_COMPONENTS = {comp.name.replace("-", "_"): comp for comp in
                    (prepare, validate, train_teacher, distill_student, evaluate, register)}
-COMPONENTS = {**STEP_COMPONENTS, "publish_reports": publish_reports, "announce_champion": announce_champion}
+COMPONENTS = {**STEP_COMPONENTS, "import_teacher": import_teacher, "publish_reports": publish_reports,
+              "announce_champion": announce_champion}
 
 
 def ops(base_image: str | None = None) -> SimpleNamespace:

@@ -6,7 +6,7 @@ from dbdgan_kfp.components.factory import component
 
 
 @component
-def register(params_yaml: str, overrides: list, mlflow_tracking_uri: str, experiment: str, teacher_name: str,
+def register(params: str, mlflow_tracking_uri: str, experiment: str, teacher_name: str,
              student_name: str, run_id: str, reports_uri: str, dataset: Input[Dataset], teacher: Input[Model],
              student: Input[Model], scores: Input[Artifact], registered: Output[Artifact],
              summary: Output[Markdown]) -> str:
@@ -24,12 +24,14 @@ def register(params_yaml: str, overrides: list, mlflow_tracking_uri: str, experi
     from dbdgan.tracking import ModelNames
     from dbdgan_kfp.components import _runtime as rt
 
-    params = rt.load_params(params_yaml, overrides)
+    run_params = rt.load_params(params)
+    rt.set_pipeline_run(run_id)
     check_reachable(reports_uri)  # S3 down is found before anything is registered, not after
-    result = steps.register(params, dataset=Path(dataset.path), teacher=Path(teacher.path),
+    result = steps.register(run_params, dataset=Path(dataset.path), teacher=Path(teacher.path),
                             student=Path(student.path), scores=Path(scores.path), out=Path(registered.path),
                             tracking=rt.tracking(mlflow_tracking_uri, experiment),
-                            names=ModelNames(teacher=teacher_name, student=student_name))
+                            names=ModelNames(teacher=teacher_name, student=student_name),
+                            teacher_source=str(teacher.metadata.get("source", "")))
     decision = steps.gate_decision(result)
     rows = {f"{role} {entry['name']}": f"version {entry['version']} ({entry['model_uri']})"
             for role, entry in result.items()}

@@ -6,7 +6,7 @@ from dbdgan_kfp.components.factory import component
 
 
 @component
-def validate(params_yaml: str, overrides: list, reports_uri: str, dataset: Input[Dataset],
+def validate(params: str, reports_uri: str, dataset: Input[Dataset],
              validation: Output[Artifact], summary: Output[Markdown]) -> None:
     """Validate the prepared dataset (dbdgan.steps.validate): Data Docs + validation.json in `validation`.
 
@@ -21,9 +21,9 @@ def validate(params_yaml: str, overrides: list, reports_uri: str, dataset: Input
     from dbdgan.data.validation import DataValidationError
     from dbdgan_kfp.components import _runtime as rt
 
-    params = rt.load_params(params_yaml, overrides)
+    run_params = rt.load_params(params)
     try:
-        result = steps.validate(params, dataset=Path(dataset.path), out=Path(validation.path))
+        result = steps.validate(run_params, dataset=Path(dataset.path), out=Path(validation.path))
     except DataValidationError:
         manifest = Path(dataset.path) / "manifest.csv"
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "unknown"

@@ -40,6 +40,17 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
                              "the real teacher and student then start from the pre-trained ones")
     parser.add_argument("--image", help="component image or digest (default: $DBDGAN_IMAGE, else the tag `make "
                                          "image` builds from this checkout: `dbdgan pipeline image-tag`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="param override, e.g. --set train_teacher.epochs=2 (repeatable); applied at compile "
+                             "time, and each task gets only the params its step reads (its cache key)")
+    parser.add_argument("--teacher", default="", metavar="URI",
+                        help="distil from this teacher instead of training one: models:/NAME/VERSION, "
+                             "models:/NAME@ALIAS, s3://bucket/key.pt or a file the pods can read")
+    parser.add_argument("--workspace-size", default=None, metavar="SIZE",
+                        help="the run's workspace PVC, where training checkpoints survive a retried task (default "
+                             "20Gi; 0: none, a retry starts training from epoch 1)")
+    parser.add_argument("--workspace-storage-class", default="", metavar="CLASS",
+                        help="storage class of the workspace PVC (default: the cluster's default class)")
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -63,13 +74,14 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--memory", type=_key_value, action="append", default=[], metavar="STEP=REQUEST[,LIMIT]",
                    help="memory request and limit of a step, e.g. train_teacher=16Gi (repeatable)")
     g.add_argument("--retries", type=int, default=2, help="retries of each step except register")
+    g.add_argument("--timeout", type=_key_value, action="append", default=[], metavar="STEP=SECONDS",
+                   help="a step's pod deadline (activeDeadlineSeconds), e.g. train_teacher=172800 (repeatable; "
+                        "defaults in docs/kubernetes.md); a timed-out step fails and is retried")
     g.add_argument("--image-pull-secret", action="append", default=[], help="image pull Secret (repeatable)")
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run arguments")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="param override, e.g. --set train_teacher.epochs=2 (repeatable)")
     g.add_argument("--data-uri", default="",
                    help="raw dataset of the data.source layout: folder or s3://bucket/prefix ('' = synthetic)")
     g.add_argument("--reports-uri", default="", help="s3://bucket/prefix to copy reports to ('' = off)")
@@ -95,9 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("image-tag", help="print the image tag `make image` builds and compile names")
     p.add_argument("--repo", help="image repository (default: $DBDGAN_IMAGE_REPO or localhost/dbdgan)")
 
-    p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp.local (SubprocessRunner)")
+    p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp.local (SubprocessRunner); a "
+                                         "trial: it registers as dbd-{teacher,student}-local in MLflow experiment "
+                                         "dbdgan-local unless --teacher-name/--student-name/--mlflow-experiment "
+                                         "name others")
     _add_build_args(p)
     p.add_argument("--pipeline-root", default="outputs/kfp", help="task outputs (default: outputs/kfp)")
+    p.add_argument("--workspace", default=None, metavar="DIR",
+                   help="the run's workspace folder (default: a new one under the pipeline root; kfp.local "
+                        "removes it when the run ends)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="retries of each step except register, as on a cluster (default 0)")
     _add_run_args(p)
 
     p = sub.add_parser("submit", help="compile for the cluster and start a run with kfp.Client")
@@ -113,12 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _params_text(paths: list[str] | None) -> str:
-    """The params files merged and validated (as the CLI does), as one line of JSON (valid YAML)."""
+def _params_text(paths: list[str] | None, overrides: list[str] | None = None) -> str:
+    """The params files merged with the overrides and validated (as the CLI does), as one line of JSON."""
     from dbdgan.config import load_params
 
     files = [Path(p) for p in paths or ["params.yaml"]]
-    return json.dumps(redact_tree(load_params(files).model_dump(mode="json")), separators=(",", ":"))
+    return json.dumps(redact_tree(load_params(files, list(overrides or [])).model_dump(mode="json")),
+                      separators=(",", ":"))
+
+
+def _timeouts(args: argparse.Namespace) -> dict[str, int]:
+    """DEFAULT_TIMEOUTS with the --timeout overrides (`STEP=SECONDS`) applied."""
+    from dbdgan_kfp.pipelines.k8s import DEFAULT_TIMEOUTS
+
+    table = dict(DEFAULT_TIMEOUTS)
+    for step, text in args.timeout:
+        if step not in table:
+            raise ValueError(f"--timeout {step}={text}: unknown step {step!r}; steps: {', '.join(table)}")
+        if not text.isdigit() or int(text) <= 0:
+            raise ValueError(f"--timeout {step}={text}: expected a whole number of seconds above 0")
+        table[step] = int(text)
+    return table
 
 
 def _resources(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +181,7 @@ def _cluster(args: argparse.Namespace) -> Any:
         "s3_secret": args.s3_secret or None, "mlflow_secret": args.mlflow_secret or None,
         "config_map": args.config_map or None, "gpus": args.gpus, "accelerator_type": args.accelerator,
         "retries": args.retries, "image_pull_secrets": tuple(args.image_pull_secret),
-        "resources": _resources(args),
+        "resources": _resources(args), "timeouts": _timeouts(args),
     }
     if args.s3_steps is not None:
         unknown = sorted(set(args.s3_steps) - set(kwargs["resources"]))
@@ -160,25 +195,45 @@ def _cluster(args: argparse.Namespace) -> Any:
     return ClusterSettings(**kwargs)
 
 
-def _pipeline(args: argparse.Namespace, cluster: Any) -> Any:
-    from dbdgan_kfp.pipelines.pipeline import build_pipeline
+def _pipeline(args: argparse.Namespace, cluster: Any, retries: int = 0, uncached: tuple[str, ...] = ()) -> Any:
+    from dbdgan_kfp.pipelines.pipeline import DEFAULT_WORKSPACE_SIZE, build_pipeline
 
     pretrain_text = _params_text(args.pretrain_params) if args.pretrain_params else ""
-    return build_pipeline(_params_text(args.params), cluster=cluster, image=args.image,
-                          pretrain_text=pretrain_text)
+    size = args.workspace_size if args.workspace_size is not None else DEFAULT_WORKSPACE_SIZE
+    return build_pipeline(_params_text(args.params, args.overrides), cluster=cluster, image=args.image,
+                          pretrain_text=pretrain_text, teacher=args.teacher.strip(), workspace_size=size,
+                          workspace_storage_class=args.workspace_storage_class, local_retries=retries,
+                          uncached=uncached)
 
 
-def compile_pipeline(args: argparse.Namespace, out: Path, cluster: Any) -> Path:
+def compile_pipeline(args: argparse.Namespace, out: Path, cluster: Any, uncached: tuple[str, ...] = ()) -> Path:
     from kfp import compiler
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(_pipeline(args, cluster), str(out))
+    compiler.Compiler().compile(_pipeline(args, cluster, uncached=uncached), str(out))
     return out
 
 
-def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+def _data_digest(data_uri: str) -> str | None:
+    """The digest of an s3:// dataset as it is now (its _SUCCESS.json), which keys prepare's cache.
+
+    "" for other data; None when it cannot be read from here (then prepare is not cached for this run).
+    """
+    from dbdgan.storage import StorageError, dataset_digest, is_s3_uri
+
+    if not is_s3_uri(data_uri.strip()):
+        return ""
+    try:
+        return dataset_digest(data_uri.strip())
+    except StorageError as exc:
+        print(f"dbdgan pipeline: warning: {redact(str(exc))}; prepare will not reuse a cached result in this "
+              "run", file=sys.stderr)
+        return None
+
+
+def _run_arguments(args: argparse.Namespace, digest: str | None) -> dict[str, Any]:
     """Pipeline arguments from flags; unset optional flags keep the pipeline's own defaults."""
-    arguments: dict[str, Any] = {"overrides": list(args.overrides), "data_uri": args.data_uri,
+    arguments: dict[str, Any] = {"data_uri": args.data_uri, "data_digest": digest or "",
                                  "reports_uri": args.reports_uri, "mlflow_tracking_uri": args.mlflow_uri}
     optional = {"experiment": args.mlflow_experiment, "pretrain_experiment": args.pretrain_experiment,
                 "teacher_name": args.teacher_name, "student_name": args.student_name}
@@ -199,25 +254,43 @@ def _cmd_image_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+# A trial run on this machine (often a tiny one) registers beside the real models, never as a new version of
+# them or a move of their `challenger`: names and an experiment of its own unless the flags name others.
+LOCAL_TRIAL = {"mlflow_experiment": "dbdgan-local", "teacher_name": "dbd-teacher-local",
+               "student_name": "dbd-student-local"}
+
+
+def local_trial(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with run-local's own experiment and model names where the user gave none."""
+    own = {key: value for key, value in LOCAL_TRIAL.items() if getattr(args, key, None) is None}
+    return argparse.Namespace(**{**vars(args), **own})
+
+
 def _cmd_run_local(args: argparse.Namespace) -> int:
     from kfp import local
 
+    args = local_trial(args)
     root = Path(args.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    pipeline = _pipeline(args, None)
+    workspace = Path(args.workspace).resolve() if args.workspace else Path(tempfile.mkdtemp(prefix="workspace-",
+                                                                                              dir=root))
+    workspace.mkdir(parents=True, exist_ok=True)
+    digest = _data_digest(args.data_uri)
+    pipeline = _pipeline(args, None, retries=args.retries, uncached=("prepare",) if digest is None else ())
     # Components never fall back to a local store (in a pod it would vanish); on this machine the CLI's
     # default is the right one, so run-local names it explicitly.
     from dbdgan.tracking import LOCAL_STORE
 
     local_store = "sqlite:///" + str(Path(LOCAL_STORE.removeprefix("sqlite:///")).resolve())
     args.mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               workspace_root=str(workspace))
     with warnings.catch_warnings():
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Display names only label the KFP UI.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        pipeline(**_run_arguments(args))
+        pipeline(**_run_arguments(args, digest))
     print(f"pipeline finished; task outputs under {root}")
     return 0
 
@@ -228,15 +301,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.host:
         raise ValueError(f"no KFP endpoint: pass --host or set ${HOST_ENV}")
     token = args.token or os.environ.get(TOKEN_ENV) or None
+    digest = "" if args.no_cache else _data_digest(args.data_uri)  # without caching no result can be stale
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(args, Path(tmp) / "pipeline.yaml", _cluster(args))
+        package = compile_pipeline(args, Path(tmp) / "pipeline.yaml", _cluster(args),
+                                   uncached=("prepare",) if digest is None else ())
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)
                 client = kfp.Client(host=args.host, existing_token=token,
                                     **({"namespace": args.namespace} if args.namespace else {}))
             result = client.create_run_from_pipeline_package(
-                str(package), arguments=_run_arguments(args), run_name=args.run_name,
+                str(package), arguments=_run_arguments(args, digest), run_name=args.run_name,
                 experiment_name=args.experiment, namespace=args.namespace,
                 enable_caching=False if args.no_cache else None)
         except Exception as exc:  # urllib3/kfp_server_api errors share no base class worth naming

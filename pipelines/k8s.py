@@ -1,4 +1,4 @@
-"""Kubernetes settings for a cluster compile: secrets as env, GPUs, scheduling, resources, retries.
+"""Kubernetes settings for a cluster compile: secrets as env, GPUs, scheduling, resources, retries, timeouts.
 
 Applied only by `build_pipeline(..., cluster=ClusterSettings(...))`: `kfp.local` runs the bare pipeline.
 Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their values. The S3 Secret goes only
@@ -19,7 +19,7 @@ GPU_STEPS = INIT_STEPS
 # Steps that touch S3: prepare (an s3:// data_uri), validate (a failed report), register (reports_uri) and
 # publish_reports. MLflow artifacts go through the tracking server (`mlflow server --artifacts-destination`);
 # with a server that does not proxy them, add the tracking steps (--s3-steps).
-S3_STEPS = ("prepare", "validate", "register", "publish_reports")
+S3_STEPS = ("prepare", "validate", "register", "publish_reports", "import_teacher")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,17 @@ DEFAULT_RESOURCES = {
     "register": Resources("1", "2Gi"),
     "publish_reports": Resources("500m", "1Gi"),
     "announce_champion": Resources("100m", "256Mi"),
+    "import_teacher": Resources("1", "4Gi"),
+}
+
+# Each pod's activeDeadlineSeconds: a stuck data loader or NCCL call fails the task (and a retry starts)
+# instead of holding a node. Training is generous (the paper profile's 200 epochs on one GPU take about a
+# day; a retry resumes from its checkpoint); the other steps take minutes.
+HOUR = 3600
+DEFAULT_TIMEOUTS = {
+    "prepare": 2 * HOUR, "validate": HOUR, "train_teacher": 72 * HOUR, "distill_student": 72 * HOUR,
+    "evaluate": 2 * HOUR, "register": HOUR // 2, "publish_reports": HOUR // 2, "announce_champion": HOUR // 6,
+    "import_teacher": HOUR // 2,
 }
 
 # Bounded MLflow client retries: a tracking server that is down fails the step in about a minute.
@@ -83,6 +94,7 @@ class ClusterSettings:
     shm_size: str = "8Gi"  # /dev/shm for DataLoader workers on the GPU steps
     resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     retries: int = 2
+    timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))  # seconds per step
     image_pull_secrets: tuple[str, ...] = ()
     s3_steps: tuple[str, ...] = S3_STEPS
     run_as_user: int | None = 10001  # the image's user (Dockerfile); None: leave the pod's identity alone
@@ -128,13 +140,21 @@ def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
             task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
             task.set_cpu_limit(resources.cpu_limit or resources.cpu)
             task.set_memory_limit(resources.memory_limit or resources.memory)
-        # Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries
-        # cover transient errors there; every other step is safe to rerun.
-        if settings.retries and step != "register":
-            task.set_retry(num_retries=settings.retries, backoff_duration="30s", backoff_factor=2.0,
-                           backoff_max_duration="3600s")
+        set_retries(task, step, settings.retries)
+        kubernetes.set_timeout(task, settings.timeouts[step])
         if step in GPU_STEPS and settings.gpus > 0:
             _gpu(task, settings)
+
+
+def set_retries(task: PipelineTask, step: str, retries: int, backoff: str = "30s") -> None:
+    """Retry a failed task (a pre-empted node, a timeout); a training task resumes from its checkpoint.
+
+    Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries cover
+    transient errors there; every other step is safe to rerun.
+    """
+    if retries and step != "register":
+        task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,
+                       backoff_max_duration="3600s")
 
 
 def _gpu(task: PipelineTask, settings: ClusterSettings) -> None:

@@ -7,9 +7,9 @@ own decision (promotion.run_gate, from params `register.gate`, returned by the r
 decision the CLI and DVC make.
 
 `build_pipeline` returns a fresh pipeline function; the same function is compiled for a cluster (with
-`ClusterSettings`) or run by `kfp.local` (without). Caching is on for the deterministic steps (prepare,
-validate, evaluate: same inputs, same outputs) and off for training (GPU kernels are not bitwise
-reproducible, and each run should leave its MLflow training run) and for registration (a side effect).
+`ClusterSettings`) or run by `kfp.local` (without). Caching is on for every step whose result its inputs
+decide (graph.Step.cached): a changed distillation param reuses the data and the teacher of an earlier run;
+registration (a side effect) and the teacher import (an alias may move) always run.
 """
 
 # No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
@@ -25,11 +25,12 @@ from dbdgan import graph
 from dbdgan.config import Params, params_from_dict
 from dbdgan.tracking import DEFAULT_EXPERIMENT, ModelNames
 from dbdgan_kfp.components.ops import ops
-from dbdgan_kfp.pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply
+from dbdgan_kfp.pipelines.k8s import PRETRAIN_PREFIX, ClusterSettings, apply, set_retries, step_of
 
 PIPELINE_NAME = "dbdgan-train"
 PROMOTED = "promoted"
-UNCACHED = (*graph.INIT_STEPS, "register")
+# The run's workspace (a PVC for the run's lifetime on a cluster): where training checkpoints survive a retry.
+DEFAULT_WORKSPACE_SIZE = "20Gi"
 
 
 def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
@@ -45,57 +46,95 @@ def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
     return pretrain
 
 
-def add_steps(op: Any, chain: tuple[graph.Step, ...], values: dict[str, Any],
-              init: dict[str, Any] | None = None, prefix: str = "") -> dict[str, Any]:
+def _params_json(one: graph.Step, tree: dict[str, Any]) -> str:
+    """What one task is given of the params: only the keys its step reads, so that only they key its cache."""
+    return json.dumps(graph.step_params(one, tree), sort_keys=True, separators=(",", ":"))
+
+
+def add_steps(op: Any, chain: tuple[graph.Step, ...], values: dict[str, Any], tree: dict[str, Any],
+              init: dict[str, Any] | None = None, prefix: str = "", provided: dict[str, Any] | None = None,
+              training: dict[str, Any] | None = None, uncached: tuple[str, ...] = ()) -> dict[str, Any]:
     """One task per step of `chain`; returns them keyed `<prefix><step>` (the keys k8s.apply reads).
 
-    values: pipeline parameters, passed to each component that has an input of that name. init: step name ->
-    a Model output the step's training starts from.
+    values: pipeline parameters, passed to each component that has an input of that name; tree: the params,
+    of which each task gets its step's part. init: step name -> a Model output the step's training starts
+    from. provided: artifact name -> an output made outside the chain (an imported teacher). training: inputs
+    of the training steps (workspace, nproc).
     """
     tasks: dict[str, Any] = {}
+    outputs = dict(provided or {})
     for one in chain:
         component = getattr(op, one.name)
         wanted = component.component_spec.inputs or {}
-        kwargs = {name: tasks[graph.producer(name).name].outputs[name] for name in one.inputs}
+        kwargs = {name: outputs[name] for name in one.inputs}
         kwargs.update({key: value for key, value in values.items() if key in wanted})
+        kwargs["params"] = _params_json(one, tree)
+        if one.name in graph.INIT_STEPS:
+            kwargs.update({**(training or {}), "task": f"{prefix}{one.name}"})
         if init and one.name in init:
             kwargs["init"] = init[one.name]
         task = component(**kwargs)
         task.set_display_name(f"{prefix.replace('_', ' ')}{one.name.replace('_', ' ')}")
-        task.set_caching_options(one.name not in UNCACHED)
+        task.set_caching_options(one.cached and one.name not in uncached)
         for before in one.after:
             if before in tasks:
                 task.after(tasks[before])
         tasks[one.name] = task
+        outputs[one.output] = task.outputs[one.output]
     return {f"{prefix}{name}": task for name, task in tasks.items()}
 
 
-def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
-                   image: str | None = None, pretrain_text: str = "") -> GraphComponent:
-    """The pipeline with `params_text` (params.yaml content) as the default of its params_yaml parameter.
+def _tree(text: str, source: str) -> dict[str, Any]:
+    """Validated params as a full tree (defaults filled in): a broken params file fails here, not in a pod."""
+    tree: Any = (yaml.safe_load(text) if text.strip() else None) or {}
+    return params_from_dict(tree, source=source).model_dump(mode="json")
 
-    The text is validated here, so a broken params.yaml fails at compile time, not in a pod. The default is
-    stored as one line of JSON (valid YAML): the KFP compiler copies defaults into a comment header of the
-    IR file, and a multi-line default would break that file.
+
+def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
+                   image: str | None = None, pretrain_text: str = "", teacher: str = "",
+                   workspace_size: str = DEFAULT_WORKSPACE_SIZE, workspace_storage_class: str = "",
+                   local_retries: int = 0, uncached: tuple[str, ...] = ()) -> GraphComponent:
+    """The pipeline for `params_text` (params.yaml content with the run's overrides applied).
+
+    The params are validated here, so a broken params.yaml fails at compile time, not in a pod, and each task
+    gets the part of them its step reads (`graph.STEPS[*].params` and `.settings`) as a constant: its cache
+    key then changes only with what can change its result.
 
     pretrain_text (optional): params of a synthetic pre-training (e.g. params.yaml overlaid by
     profiles/synthetic-pretrain.yaml). Then the graph first runs the steps up to distill_student on synthetic
-    data, and the real teacher and student start from those weights. These params are fixed at compile time;
-    the pre-trained models are not registered.
+    data, and the real teacher and student start from those weights. The pre-trained models are not registered.
+
+    teacher (optional): a teacher trained before (models:/NAME/VERSION, models:/NAME@ALIAS, s3://... or a file
+    path the pods can read). Then there is no train_teacher task: an import_teacher task fetches it.
+
+    workspace_size: the run's workspace ("" or "0": none), where training checkpoints survive a retried task.
+    local_retries: retries of each task without cluster settings (kfp.local); a cluster compile takes them
+    from `cluster.retries`. uncached: steps never to reuse a cached result in this pipeline (prepare, when the
+    S3 dataset's digest could not be read).
     """
-    tree: Any = (yaml.safe_load(params_text) if params_text.strip() else None) or {}
+    tree = _tree(params_text, "params_yaml")
     params = params_from_dict(copy.deepcopy(tree), source="params_yaml")
-    params_default = json.dumps(tree, separators=(",", ":"))
-    pretrain_tree: Any = (yaml.safe_load(pretrain_text) if pretrain_text.strip() else None) or {}
+    pretrain_tree = _tree(pretrain_text, "pretrain params") if pretrain_text.strip() else {}
     if pretrain_tree:
         check_pretrain(pretrain_tree, params)
+        if teacher:
+            raise ValueError("--teacher and --pretrain-params exclude each other: pre-training initialises the "
+                             "teacher that an imported teacher replaces")
     op = ops(image)
+    use_workspace = workspace_size.strip() not in ("", "0")
+    config = None
+    if use_workspace:
+        patch = {"storageClassName": workspace_storage_class} if workspace_storage_class else None
+        config = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+            size=workspace_size.strip(), kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch)))
+    nproc = cluster.gpus if cluster is not None and cluster.gpus > 1 else 1
+    training = {"workspace": dsl.WORKSPACE_PATH_PLACEHOLDER if use_workspace else "", "nproc": nproc}
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, registry, gate")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Distill-DBDGAN: data, teacher, student, registry, gate",
+                  pipeline_config=config)
     def dbdgan_train(
-        params_yaml: str = params_default,
-        overrides: list = [],  # noqa: B006 -- KFP reads the default; it is never mutated
         data_uri: str = "",
+        data_digest: str = "",
         reports_uri: str = "",
         mlflow_tracking_uri: str = "",
         experiment: str = DEFAULT_EXPERIMENT,
@@ -105,25 +144,35 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
     ) -> None:
         """Train, register and gate a defocus blur detector.
 
-        params_yaml/overrides: params.yaml text and `dotted.key=value` overrides (hyperparameters). data_uri:
-        the raw dataset ("" for synthetic data, a folder, or s3://bucket/prefix). reports_uri:
-        s3://bucket/prefix for reports ("" = off). mlflow_tracking_uri: "" = the pod's MLFLOW_TRACKING_URI.
-        experiment, teacher_name, student_name: where runs are tracked and under which names models register.
+        data_uri: the raw dataset ("" for synthetic data, a folder, or s3://bucket/prefix); data_digest: its
+        _SUCCESS.json digest for an s3:// dataset (`dbdgan pipeline submit` fills it in; it keys prepare's cache).
+        reports_uri: s3://bucket/prefix for reports ("" = off). mlflow_tracking_uri: "" = the pod's
+        MLFLOW_TRACKING_URI. experiment, teacher_name, student_name: where runs are tracked and under which
+        names models register. The hyperparameters are fixed when the pipeline is compiled (--params, --set).
         """
-        values = {"params_yaml": params_yaml, "overrides": overrides, "data_uri": data_uri,
-                  "reports_uri": reports_uri, "mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment,
+        values = {"data_uri": data_uri, "data_digest": data_digest, "reports_uri": reports_uri,
+                  "mlflow_tracking_uri": mlflow_tracking_uri, "experiment": experiment,
                   "teacher_name": teacher_name, "student_name": student_name,
                   "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks: dict[str, Any] = {}
         init = None
         if pretrain_tree:
-            pre_values = {**values, "params_yaml": json.dumps(pretrain_tree, separators=(",", ":")),
-                          "overrides": [], "data_uri": "", "experiment": pretrain_experiment}
+            pre_values = {**values, "data_uri": "", "data_digest": "", "experiment": pretrain_experiment}
             last = graph.INIT_STEPS[-1]
-            tasks.update(add_steps(op, graph.steps_until(last), pre_values, prefix=PRETRAIN_PREFIX))
+            tasks.update(add_steps(op, graph.steps_until(last), pre_values, pretrain_tree, prefix=PRETRAIN_PREFIX,
+                                   training=training))
             init = {name: tasks[f"{PRETRAIN_PREFIX}{name}"].outputs[graph.step(name).output]
                     for name in graph.INIT_STEPS}
-        steps = add_steps(op, graph.STEPS, values, init)
+        chain, provided = graph.STEPS, {}
+        if teacher:
+            imported = op.import_teacher(source=teacher, mlflow_tracking_uri=mlflow_tracking_uri)
+            # an alias such as @champion may move between runs: never a cached import
+            imported.set_display_name("import teacher").set_caching_options(False)
+            tasks["import_teacher"] = imported
+            producer = graph.producer("teacher")
+            chain = tuple(one for one in graph.STEPS if one is not producer)
+            provided = {producer.output: imported.outputs[producer.output]}
+        steps = add_steps(op, chain, values, tree, init, provided=provided, training=training, uncached=uncached)
         tasks.update(steps)
         with dsl.If(reports_uri != "", name="reports-enabled"):
             publish = op.publish_reports(reports_uri=reports_uri, run_id=values["run_id"],
@@ -138,5 +187,8 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
             tasks["announce_champion"] = champion
         if cluster is not None:
             apply(tasks, cluster)
+        else:
+            for key, task in tasks.items():
+                set_retries(task, step_of(key), local_retries, backoff="1s")
 
     return dbdgan_train

@@ -30,6 +30,16 @@ TINY = [
     "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
 ]
 SECRET_PREFIX = "PLANTEDSECRET"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def component_params(*overrides: str) -> str:
+    """A component's `params` input as the pipeline compiles it: params.yaml with overrides, as JSON."""
+    import json
+
+    from dbdgan.config import load_params
+
+    return json.dumps(load_params(REPO / "params.yaml", list(overrides)).model_dump(mode="json"))
 
 
 def port_closed(uri: str, timeout: float = 10.0) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from kfp_fixtures import free_port, port_closed
+from kfp_fixtures import component_params, free_port, port_closed
 from mlflow import MlflowClient
 
 from dbdgan.checkpoint import save_model_file
@@ -259,7 +259,7 @@ def test_the_prepare_component_refuses_an_unfinished_upload(s3_server: str, tmp_
     outputs = {"dataset": Dataset(uri=str(tmp_path / "dataset")), "summary": Markdown(uri=str(tmp_path / "s.md")),
                "contact_sheet": HTML(uri=str(tmp_path / "c.html"))}
     with pytest.raises(StorageError, match=r"incomplete upload: .*_SUCCESS\.json .*is missing"):
-        prepare.python_func(params_yaml=(REPO / "params.yaml").read_text(), overrides=["data.source=cuhk"],
+        prepare.python_func(params=component_params("data.source=cuhk"),
                             data_uri=f"s3://{bucket}/raw/cuhk", **outputs)
     assert not (tmp_path / "dataset").exists()
 
@@ -281,7 +281,7 @@ def test_the_register_component_checks_s3_before_the_first_write(tmp_path: Path,
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.csv").write_bytes(ws["manifest"].read_bytes())
     with pytest.raises(StorageError, match="endpoint unreachable"):
-        register.python_func(params_yaml=(REPO / "params.yaml").read_text(), overrides=[],
+        register.python_func(params=component_params(),
                              mlflow_tracking_uri=ws["tracking"].uri, experiment="dbdgan",
                              teacher_name=NAMES.teacher, student_name=NAMES.student, run_id="r1",
                              reports_uri="s3://reports/runs", dataset=Dataset(uri=str(tmp_path / "data")),

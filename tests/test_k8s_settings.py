@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from kfp_fixtures import component_params
 
 from dbdgan_kfp.components import _runtime as rt
 from dbdgan_kfp.components import factory
@@ -31,7 +32,7 @@ def _compile(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
     docs = list(yaml.safe_load_all(out.read_text()))
     step = {name: name.removeprefix("exec-").replace("-", "_") for name in docs[0]["deploymentSpec"]["executors"]}
     containers = {step[name]: ex["container"] for name, ex in docs[0]["deploymentSpec"]["executors"].items()}
-    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    platform = docs[1]["platforms"]["kubernetes"].get("deploymentSpec", {}).get("executors", {})
     return containers, {step[name]: config for name, config in platform.items()}
 
 
@@ -71,7 +72,9 @@ def test_image_tag_outside_a_checkout_says_what_to_pass(monkeypatch: pytest.Monk
 
 
 def test_every_step_has_cpu_and_memory_requests_and_limits(tmp_path: Path) -> None:
-    containers, _ = _compile(tmp_path)
+    containers, _ = _compile(tmp_path, "--teacher", "models:/dbd-teacher/1")
+    assert set(containers) == set(DEFAULT_RESOURCES) - {"train_teacher"}
+    containers.update(_compile(tmp_path)[0])
     for step, wanted in DEFAULT_RESOURCES.items():
         res = containers[step]["resources"]
         assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == (wanted.cpu, wanted.memory)
@@ -103,9 +106,9 @@ def test_s3_secret_only_on_the_steps_that_touch_s3(tmp_path: Path) -> None:
     def secrets(platform: dict) -> dict[str, set[str]]:
         return {step: {s["secretName"] for s in config.get("secretAsEnv", [])} for step, config in platform.items()}
 
-    _, platform = _compile(tmp_path)
+    _, platform = _compile(tmp_path, "--teacher", "s3://models/teacher.pt")
     with_s3 = {step for step, names in secrets(platform).items() if "dbdgan-s3" in names}
-    assert with_s3 == set(S3_STEPS) == {"prepare", "validate", "register", "publish_reports"}
+    assert with_s3 == set(S3_STEPS) == {"prepare", "validate", "register", "publish_reports", "import_teacher"}
     for step in with_s3:  # optional: a synthetic-data run needs no S3 Secret in the namespace at all
         [s3] = [s for s in platform[step]["secretAsEnv"] if s["secretName"] == "dbdgan-s3"]
         assert s3["optional"] is True
@@ -130,7 +133,7 @@ def test_cluster_steps_know_their_config_map_and_run_as_the_image_user(tmp_path:
 def _call_train_teacher(tmp_path: Path, mlflow_tracking_uri: str) -> None:
     """The component's function as the KFP executor calls it (artifacts are objects with a path)."""
     artifact = lambda name: SimpleNamespace(path=str(tmp_path / name), metadata={})  # noqa: E731
-    train_teacher.python_func(params_yaml=(REPO / "params.yaml").read_text(), overrides=[],
+    train_teacher.python_func(params=component_params(),
                               mlflow_tracking_uri=mlflow_tracking_uri, experiment="dbdgan",
                               dataset=artifact("dataset"), teacher=artifact("teacher"),
                               metrics=artifact("metrics"))

@@ -19,6 +19,7 @@ import pytest
 from kfp_fixtures import (
     TINY,
     MlflowServer,
+    component_params,
     dummy_credentials,
     files_containing,
     mlflow_server,
@@ -167,14 +168,13 @@ def test_prepare_component_reads_raw_data_from_s3(env: dict[str, str], tmp_path:
     upload(_raw_pairs(tmp_path / "raw"), f"s3://{BUCKET}/raw/tiny-cuhk")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                raise_on_error=True)
-    params_text = (REPO / "params.yaml").read_text()
-    task = prepare(params_yaml=params_text, overrides=["data.source=cuhk"], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+    task = prepare(params=component_params("data.source=cuhk"), data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
     dataset = task.outputs["dataset"]
     rows = (Path(dataset.path) / "manifest.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 12 and dataset.metadata["images"] == 12
 
     with pytest.raises(RuntimeError, match="prepare"):
-        prepare(params_yaml=params_text, overrides=[], data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
+        prepare(params=component_params(), data_uri=f"s3://{BUCKET}/raw/tiny-cuhk")
     assert "data.source is 'synthetic'" in capfd.readouterr().out
 
 

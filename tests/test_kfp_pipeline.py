@@ -34,7 +34,8 @@ def _compile(tmp_path: Path, cluster: ClusterSettings | None) -> tuple[dict, dic
     out = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(build_pipeline(PARAMS_TEXT, cluster=cluster), str(out))
     docs = list(yaml.safe_load_all(out.read_text()))
-    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    platform = docs[1]["platforms"]["kubernetes"].get("deploymentSpec", {}).get("executors", {}) \
+        if len(docs) > 1 else {}
     return docs[0], platform
 
 
@@ -51,14 +52,18 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
     return tasks
 
 
+def _task_params(tasks: dict[str, dict], name: str) -> dict:
+    """The params a task was compiled with (its step's part of params.yaml)."""
+    return yaml.safe_load(tasks[name]["inputs"]["parameters"]["params"]["runtimeValue"]["constant"])
+
+
 def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
     spec, platform = _compile(tmp_path, None)
     assert set(STEP_COMPONENTS) <= set(spec["components"])
     assert platform == {}  # no Kubernetes settings unless compiling for a cluster
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"params_yaml", "overrides", "data_uri", "reports_uri", "mlflow_tracking_uri",
+    assert set(params) == {"data_uri", "data_digest", "reports_uri", "mlflow_tracking_uri",
                            "experiment", "pretrain_experiment", "teacher_name", "student_name"}
-    assert yaml.safe_load(params["params_yaml"]["defaultValue"]) == yaml.safe_load(PARAMS_TEXT)
     assert params["student_name"]["defaultValue"] == "dbd-student"
 
     tasks = _all_tasks(spec)
@@ -77,7 +82,8 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
 
     caching = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()
                if not name.startswith("condition")}
-    assert caching == {"prepare": True, "validate": True, "train-teacher": False, "distill-student": False,
+    # the teacher is reused when only later steps' params change; registering is a side effect
+    assert caching == {"prepare": True, "validate": True, "train-teacher": True, "distill-student": True,
                        "evaluate": True, "register": False, "publish-reports": False, "announce-champion": False}
     assert "validate" in tasks["train-teacher"]["dependentTasks"]  # no training on unvalidated data
     # a run id among the inputs would make every run a cache miss: only the uncached steps get it
@@ -116,7 +122,8 @@ def test_cluster_compile_carries_kubernetes_settings(tmp_path: Path) -> None:
         config = platform[spec["components"][step]["executorLabel"]]
         secrets = {s["secretName"]: {m["secretKey"]: m["envVar"] for m in s["keyToEnv"]}
                    for s in config["secretAsEnv"]}
-        if step in ("comp-prepare", "comp-validate", "comp-register", "comp-publish-reports"):  # S3 steps only
+        if step in ("comp-prepare", "comp-validate", "comp-register", "comp-publish-reports",
+                    "comp-import-teacher"):  # S3 steps only
             assert secrets["dbdgan-s3"] == {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                             "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
         else:
@@ -168,7 +175,9 @@ def test_cli_compile_local_and_image(tmp_path: Path) -> None:
     assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--out", str(out), "--local",
                      "--image", "registry.example/dbdgan:1.2"]) == 0
     docs = list(yaml.safe_load_all(out.read_text()))
-    assert len(docs) == 1
+    # no per-task Kubernetes settings; only the run's workspace, which kfp.local provides too
+    assert docs[1]["platforms"]["kubernetes"] == {"pipelineConfig": {"workspace": {
+        "kubernetes": {"pvcSpecPatch": {}}, "size": "20Gi"}}}
     assert _executor(docs[0], "comp-train-teacher")["image"] == "registry.example/dbdgan:1.2"
 
 
@@ -178,10 +187,11 @@ def test_cli_compile_overlays_a_profile(tmp_path: Path) -> None:
     out = tmp_path / "gpu.yaml"
     assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--params",
                      str(REPO / "profiles" / "paper-gpu.yaml"), "--out", str(out)]) == 0
-    spec = next(yaml.safe_load_all(out.read_text()))
-    baked = yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"])
-    assert baked["model"]["teacher"] == "teacher_paper" and baked["data"]["source"] == "cuhk"
-    assert "input" not in baked["data"]  # params hold no paths
+    tasks = _all_tasks(next(yaml.safe_load_all(out.read_text())))
+    teacher = _task_params(tasks, "train-teacher")
+    data = _task_params(tasks, "prepare")["data"]
+    assert teacher["model"]["teacher"] == "teacher_paper" and data["source"] == "cuhk"
+    assert "input" not in data  # params hold no paths
 
 
 def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path) -> None:
@@ -203,14 +213,16 @@ def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path
     assert tasks["train-teacher"]["taskInfo"]["name"] == "pretrain train teacher"
     assert tasks["train-teacher-2"]["taskInfo"]["name"] == "train teacher"
     pre_data = tasks["train-teacher"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
-    baked = yaml.safe_load(tasks[pre_data]["inputs"]["parameters"]["params_yaml"]["runtimeValue"]["constant"])
-    assert baked["data"]["source"] == "synthetic" and baked["model"]["teacher"] == "teacher_small"
+    assert _task_params(tasks, pre_data)["data"]["source"] == "synthetic"
+    assert _task_params(tasks, "train-teacher")["model"]["teacher"] == "teacher_small"
     real_data = tasks["train-teacher-2"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"]
     assert real_data != pre_data and "validate-2" in tasks["train-teacher-2"]["dependentTasks"]
     evaluated = tasks["evaluate"]["inputs"]["artifacts"]["student"]["taskOutputArtifact"]
     assert evaluated["producerTask"] == "distill-student-2"  # the fine-tuned student goes on, not the pre-trained
     for name in ("train-teacher", "distill-student"):
-        assert tasks[name].get("cachingOptions", {}).get("enableCache", False) is False
+        # its own checkpoint folder in the run's workspace, apart from the real training's
+        task_key = tasks[name]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
+        assert task_key == f"pretrain_{name.replace('-', '_')}"
         assert "init" not in tasks[name]["inputs"].get("artifacts", {})
         executor = spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]
         assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]
@@ -265,7 +277,7 @@ def test_submit_compiles_for_the_cluster_and_prints_the_run_url(monkeypatch: pyt
     [run] = client.runs
     assert run["experiment_name"] == "nightly" and run["run_name"] == "r1" and run["namespace"] == "team-a"
     assert run["enable_caching"] is False
-    assert run["arguments"]["overrides"] == ["train_teacher.epochs=2"]
+    assert _task_params(_all_tasks(run["package"][0]), "train-teacher")["train_teacher"]["epochs"] == 2
     assert run["arguments"]["data_uri"] == "s3://data/cuhk"
     assert run["arguments"]["student_name"] == "s-x"
     assert "teacher_name" not in run["arguments"]  # unset flags keep the pipeline defaults

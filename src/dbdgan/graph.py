@@ -34,6 +34,10 @@ class Step:
     params: tuple[str, ...]  # params.yaml keys the step reads (DVC reruns it when they change)
     after: tuple[str, ...] = ()  # steps that must succeed first although their output is not read
     scratch: tuple[tuple[str, str], ...] = ()  # (argument, default path): working files, not outputs
+    # params the step also reads that do not change its result (DVC does not rerun on them): client timeouts,
+    # and for register the whole run's params, which it records as lineage
+    settings: tuple[str, ...] = ()
+    cached: bool = True  # KFP may reuse its outputs for identical inputs (never for a side effect)
 
     @property
     def command(self) -> str:
@@ -56,15 +60,19 @@ ARTIFACTS = {a.name: a for a in (
 )}
 
 _TRAINING = ("seed", "deterministic", "model", "evaluate.beta2")
+_TRACKED = ("device", "register.service_timeout_s")
 STEPS = (
     Step("prepare", (), "dataset", ("seed", "data")),
     Step("validate", ("dataset",), "validation", ("data.min_size", "data.max_pixels")),
     Step("train_teacher", ("dataset",), "teacher", (*_TRAINING, "train_teacher"), after=("validate",),
-         scratch=(("checkpoints", "checkpoints/teacher"),)),
+         scratch=(("checkpoints", "checkpoints/teacher"),), settings=_TRACKED),
     Step("distill_student", ("dataset", "teacher"), "student", (*_TRAINING, "distill_student"),
-         scratch=(("checkpoints", "checkpoints/student"),)),
-    Step("evaluate", ("dataset", "teacher", "student"), "scores", ("seed", "evaluate", "data.max_pixels")),
-    Step("register", ("dataset", "teacher", "student", "scores"), "registered", ("evaluate", "register")),
+         scratch=(("checkpoints", "checkpoints/student"),), settings=_TRACKED),
+    Step("evaluate", ("dataset", "teacher", "student"), "scores", ("seed", "evaluate", "data.max_pixels"),
+         settings=("register.service_timeout_s",)),
+    Step("register", ("dataset", "teacher", "student", "scores"), "registered", ("evaluate", "register"),
+         settings=("seed", "deterministic", "device", "data", "model", "train_teacher", "distill_student"),
+         cached=False),
 )
 # Steps whose models can start from a pre-trained run's (`init`): synthetic pre-training runs STEPS up to them.
 INIT_STEPS = ("train_teacher", "distill_student")
@@ -108,6 +116,27 @@ def steps_until(last: str) -> tuple[Step, ...]:
     """The steps up to and including `last`, in order (what synthetic pre-training runs)."""
     names = [s.name for s in STEPS]
     return STEPS[: names.index(step(last).name) + 1]
+
+
+def step_params(one: Step, tree: dict[str, Any]) -> dict[str, Any]:
+    """The part of a params tree that `one` reads (its params and settings), as a nested tree.
+
+    What a KFP task is given, so that its cache key changes only with what can change its result: a
+    distillation setting leaves prepare's and the teacher's tasks as they were.
+    """
+    picked: dict[str, Any] = {}
+    for dotted in (*one.params, *one.settings):
+        keys = dotted.split(".")
+        node: Any = tree
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                raise KeyError(f"step {one.name} reads params key {dotted!r}, which the params tree lacks")
+            node = node[key]
+        target = picked
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = copy.deepcopy(node)
+    return picked
 
 
 def producer(artifact: str) -> Step:

@@ -87,15 +87,19 @@ def evaluate(params: Params, dataset: Path, out: Path, teacher: str | Path | Non
 
 
 def register(params: Params, dataset: Path, teacher: Path, student: Path, scores: Path, out: Path,
-             tracking: Tracking = Tracking(), names: ModelNames = ModelNames()) -> dict[str, Any]:
+             tracking: Tracking = Tracking(), names: ModelNames = ModelNames(),
+             teacher_source: str = "") -> dict[str, Any]:
     """Register teacher and student (alias `challenger`) with their `scores`; the student meets the gate.
 
-    The summary, written to `out`, holds the gate's decision under ["student"]["gate"]["result"].
+    teacher_source: where an imported teacher came from (a registry version or URI), recorded as the
+    student's lineage. The summary, written to `out`, holds the gate's decision under
+    ["student"]["gate"]["result"].
     """
     from dbdgan.registry import register_models
 
     result = register_models(params, {"teacher": Path(teacher), "student": Path(student)}, names,
-                             metrics_dir=Path(scores), manifest=Path(dataset) / "manifest.csv", tracking=tracking)
+                             metrics_dir=Path(scores), manifest=Path(dataset) / "manifest.csv", tracking=tracking,
+                             teacher_source=teacher_source)
     atomic_write_json(out, result)
     return result
 

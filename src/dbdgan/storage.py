@@ -266,6 +266,17 @@ class S3Store:
                 self._verify(prefix, marker_key, tmp)
         return folder
 
+    def marker_digest(self, uri: str | S3Uri) -> str:
+        """sha256 of a finished upload's completion marker: names the folder's exact content in one value."""
+        prefix = _as_uri(uri)
+        marker = prefix.child(MARKER)
+        self.check_bucket(marker)
+        try:
+            body = self._client.get_object(Bucket=marker.bucket, Key=marker.key)["Body"].read()
+        except Exception as exc:
+            raise self._error("read the completion marker", marker, exc) from None
+        return hashlib.sha256(body).hexdigest()
+
     def _verify(self, prefix: S3Uri, marker_key: str, folder: Path) -> None:
         try:
             body = self._client.get_object(Bucket=prefix.bucket, Key=marker_key)["Body"].read()
@@ -297,6 +308,11 @@ def check_reachable(uri: str, **store_kwargs: Any) -> None:
     """
     if uri.strip():
         S3Store(**store_kwargs).check_bucket(parse_s3_uri(uri.strip()))
+
+
+def dataset_digest(uri: str, **store_kwargs: Any) -> str:
+    """The content digest of a folder uploaded to `s3://bucket/prefix` (see `S3Store.marker_digest`)."""
+    return S3Store(**store_kwargs).marker_digest(uri)
 
 
 def upload(path: str | Path, uri: str, **store_kwargs: Any) -> list[S3Uri]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,21 @@ def barrier(runtime: Runtime) -> None:
 def shutdown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launch(nproc: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in `nproc` processes of one process group, as `torchrun --standalone
+    --nproc_per_node=N` would start them; returns rank 0's result. nproc 1: in this process.
+
+    For a step that holds N GPUs (a Kubernetes pod with an accelerator limit of N): each rank takes one
+    (LOCAL_RANK) and `init_runtime` joins the group (NCCL on GPU, gloo on CPU). `fn` must be importable by
+    name (the workers are spawned), its arguments picklable.
+    """
+    if nproc <= 1:
+        return fn(*args, **kwargs)
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    results = elastic_launch(config, functools.partial(fn, **kwargs))(*args)
+    return results[0]
