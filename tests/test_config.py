@@ -80,14 +80,14 @@ def test_missing_keys_take_defaults(tmp_path):
 
 def test_profile_overlays_merge_key_by_key(tmp_path):
     profile = tmp_path / "profile.yaml"
-    profile.write_text("train_teacher:\n  epochs: 3\n  optim: {lr: 0.01}\nmodel:\n  teacher_kwargs: {width: 8}\n")
+    profile.write_text("train_teacher:\n  epochs: 3\n  optim: {lr: 0.01}\nmodel:\n  teacher_kwargs: {base_width: 8}\n")
     params = load_params([REPO / "params.yaml", profile])
     base = load_params(REPO / "params.yaml")
     assert params.train_teacher.epochs == 3
     assert params.train_teacher.optim.lr == pytest.approx(0.01)
     assert params.train_teacher.optim.lr_d == base.train_teacher.optim.lr_d
     assert params.train_teacher.batch_size == base.train_teacher.batch_size
-    assert params.model.teacher_kwargs == {"width": 8}
+    assert params.model.teacher_kwargs == {"base_width": 8}
 
 
 @pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,30 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message is a page of advice around one line of reason
+        raise ValueError(f"refusing to load model file {path}: it holds objects other than tensors and "
+                         f"builtins ({_unpickling_reason(exc)})") from exc
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+        raise ValueError(f"cannot read model file {path}: {_first_line(exc)}") from exc
     missing = {"arch", "arch_kwargs", "state_dict"} - set(payload) if isinstance(payload, dict) else {"arch"}
     if missing:
         raise ValueError(f"{path} is not a dbdgan model file (missing keys: {sorted(missing)})")
+    for key, kind in (("arch", str), ("arch_kwargs", dict), ("state_dict", dict), ("metadata", dict)):
+        if key in payload and not isinstance(payload[key], kind):
+            raise ValueError(f"{path} is not a dbdgan model file ({key!r} is a {type(payload[key]).__name__}, "
+                             f"expected a {kind.__name__})")
     return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that names what the file holds (e.g. a blocked GLOBAL)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(exc).__name__])[0]
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dbdgan.promotion import GateParams
 
@@ -56,6 +64,8 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
+    """The networks by registry name (checked here, so that a typo fails at load, not after the data is read)."""
+
     teacher: str = "teacher_tiny"
     teacher_kwargs: dict[str, Any] = {}
     # encoder initialisation: false (from scratch), true (ImageNet weights of the lite_* presets, offline from
@@ -69,6 +79,25 @@ class ModelParams(_Section):
     discriminator_layers: int = Field(3, ge=1, le=6)
     spectral_norm: bool = True
 
+    @field_validator("teacher", "student")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from dbdgan.models.registry import check_model_name
+
+        check_model_name(value)
+        return value
+
+    @field_validator("teacher_kwargs", "student_kwargs")
+    @classmethod
+    def _accepted(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Keyword arguments the preset takes (an unknown preset is reported on its own key)."""
+        from dbdgan.models.registry import check_model_kwargs
+
+        name = info.data.get(info.field_name.removesuffix("_kwargs"))
+        if name is not None:
+            check_model_kwargs(name, value)
+        return value
+
 
 class OptimParams(_Section):
     lr: float = Field(2e-3, gt=0.0)
@@ -79,6 +108,14 @@ class OptimParams(_Section):
     grad_clip: float | None = Field(5.0, gt=0.0)
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     poly_power: float = Field(0.9, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        """Adam's moment decays: each in [0, 1), as torch.optim checks only once training starts."""
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"each beta must lie in [0, 1), got {list(value)}")
+        return value
 
 
 class TrainingParams(_Section):
@@ -155,7 +192,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
     class Params(_Section):
-        seed: int = 0
+        seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed range
         device: Literal["auto", "cpu", "cuda"] = "auto"
         deterministic: bool = True
         data: DataParams = DataParams()
@@ -195,8 +232,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in err["loc"]) or "<root>"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {err['msg']}{shown}")
-    return f"invalid params in {source}:\n" + "\n".join(lines)
+        lines.append(f"{key}: {err['msg']}{shown}")
+    return f"invalid params in {source}: " + "; ".join(lines)  # one line, as every command error
 
 
 def params_from_dict(tree: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Params:

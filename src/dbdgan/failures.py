@@ -19,7 +19,7 @@ def describe(exc: BaseException) -> str:
     if not isinstance(exc, _USER_ERRORS):
         first = text.splitlines()[0] if text else ""
         text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return redact(text)
+    return redact(" ".join(line.strip() for line in text.splitlines() if line.strip()))  # always one line
 
 
 def report(prefix: str, exc: BaseException, verbose: bool) -> int:

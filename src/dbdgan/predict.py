@@ -87,7 +87,12 @@ def image_files(paths: Iterable[str | Path],
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 rel = child.relative_to(path).parts
-                if not child.is_file() or any(part.startswith(".") for part in rel):
+                if any(part.startswith(".") for part in rel):
+                    continue
+                if child.is_symlink() and not child.exists():  # a loop or a dangling link: unreadable
+                    missing.append({"path": str(child), "error": f"unreadable: {_stat_error(child)}"})
+                    continue
+                if not child.is_file():
                     continue
                 if excluded and child.resolve().is_relative_to(excluded):
                     continue
@@ -100,6 +105,15 @@ def image_files(paths: Iterable[str | Path],
         else:
             missing.append({"path": str(path), "error": "no such file or folder"})
     return files, ignored, missing
+
+
+def _stat_error(path: Path) -> str:
+    """Why `path` cannot be opened (e.g. "Too many levels of symbolic links")."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "not a readable file"
 
 
 def _load(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None]:
@@ -180,19 +194,44 @@ def _decode(path: Path, max_pixels: int, size: InputSize,
         return rgb, note, network_input(rgb, size)
 
 
+class OutputError(Exception):
+    """One photo's outputs cannot be encoded (e.g. wider than JPEG's 65500 pixels): that photo's failure."""
+
+
+def _encode(array: np.ndarray, what: str, options: dict[str, Any]) -> bytes:
+    try:
+        return encode_image(array, **options)
+    except (OSError, ValueError) as exc:  # PIL's encoders; nothing has touched the disk yet
+        raise OutputError(f"cannot encode its {what} as {options['format']}: {exc}") from exc
+
+
 def _write(rgb: np.ndarray, blur: np.ndarray, blur_path: Path, overlay_path: Path | None,
            timer: _Timer) -> float:
-    """A worker's part after the network: the 8-bit map (and overlay) written; the map's blurred fraction."""
+    """A worker's part after the network: the 8-bit map (and overlay) written; the map's blurred fraction.
+
+    Both are encoded before either is written, so a photo whose overlay cannot be encoded leaves no map.
+    """
     with timer("write"):
-        atomic_write_bytes(blur_path, encode_image(blur, **MAP_FORMAT))
+        files = [(blur_path, _encode(blur, "map", MAP_FORMAT))]
         if overlay_path is not None:
-            atomic_write_bytes(overlay_path, encode_image(overlay(rgb, blur), **OVERLAY_FORMAT))
+            files.append((overlay_path, _encode(overlay(rgb, blur), "overlay", OVERLAY_FORMAT)))
+        for path, data in files:
+            atomic_write_bytes(path, data)
     return float((blur >= 128).mean())  # probability >= 0.5, as rounded to grey levels
 
 
-def _finish(entry: dict[str, Any], written: Future) -> None:
-    """Wait for an output's write (raising its error) and record what it found."""
-    entry["blurred_fraction"] = written.result()
+def _finish(entry: dict[str, Any], written: Future, outputs: list[dict[str, Any]],
+            failed: list[dict[str, Any]]) -> None:
+    """Wait for an output's write and record what it found; a photo that cannot be encoded becomes a failure.
+
+    A file system error (disk full, read-only folder) stops the run: every later photo would meet it too.
+    """
+    try:
+        entry["blurred_fraction"] = written.result()
+    except OutputError as exc:
+        log.warning("skipped %s: %s", entry["input"], exc)
+        outputs.remove(entry)
+        failed.append({"path": entry["input"], "error": str(exc)})
 
 
 def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | LoadedModel,
@@ -273,7 +312,7 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                 blur_path = out_dir / f"{stem}_blur.png"
                 overlay_path = out_dir / f"{stem}_overlay.jpg" if overlays else None
                 while writes and (writes[0][1].done() or len(writes) >= 2 * batch_size):
-                    _finish(*writes.popleft())  # bounded memory; a failed write (disk full ...) stops here
+                    _finish(*writes.popleft(), outputs, failed)  # bounded memory; disk full ... stops here
                 entry = {"input": str(path), "blur_map": str(blur_path),
                          "width": rgb.shape[1], "height": rgb.shape[0]}
                 writes.append((entry, pool.submit(_write, rgb, blur, blur_path, overlay_path, timer)))
@@ -284,7 +323,7 @@ def predict_paths(paths: Sequence[str | Path], model_uri_or_file: str | Path | L
                 outputs.append(entry)
                 bar.update(1)
         for pending in writes:
-            _finish(*pending)
+            _finish(*pending, outputs, failed)
     finished = time.perf_counter()
     timings = {"wall_s": finished - started, "prepare_s": prepared - started, "images_s": finished - prepared,
                **{f"{k}_s": v for k, v in timer.seconds.items()}}

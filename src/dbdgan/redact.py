@@ -1,7 +1,8 @@
 """One redaction rule for every URI that is logged, stored (MLflow params, reports) or compiled (pipeline YAML).
 
-The credentials in `scheme://user:password@host` are replaced by `***` (the user name too: for S3 and MinIO it
-is often an access key id). Credentials belong in the environment (MLFLOW_TRACKING_PASSWORD, AWS_*).
+Any userinfo in `scheme://userinfo@host` is replaced by `***`: `user:password`, and a lone user name or token
+too (`http://TOKEN@host`, `s3://ACCESSKEY@bucket/...`: for S3 and MinIO the user part is often an access key id).
+Credentials belong in the environment (MLFLOW_TRACKING_PASSWORD, AWS_*).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import re
 from typing import Any
 
 MASK = "***"
-# scheme://user:password@ : the password runs up to the last '@' before the host part
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s:/@'\"]*:[^\s/'\"]*@")
+# scheme://userinfo@ : the userinfo runs up to the last '@' before the first '/' (a password may hold '@')
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/'\"]+@")
 
 
 def redact(text: str) -> str:
-    """`text` (a URI, a message, a log line) with every `user:password@` replaced by `***@`."""
+    """`text` (a URI, a message, a log line) with every `userinfo@` replaced by `***@`."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
 
 
@@ -34,3 +35,21 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+class RedactingFilter(logging.Filter):
+    """The same rule for handlers we do not format: MLflow's own loggers write through their own handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_handlers(logger: logging.Logger) -> None:
+    """Add a RedactingFilter to each handler of `logger` (once): libraries that set `propagate = False`."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -17,7 +17,7 @@ from typing import Any
 
 from dbdgan import lineage
 from dbdgan.config import Params
-from dbdgan.redact import redact
+from dbdgan.redact import mask_handlers, redact
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,44 @@ def bound_waits(timeout_s: float) -> None:
             os.environ[name] = _applied[name] = value
 
 
+def _mask_mlflow_output(uri: str) -> None:
+    """MLflow's own output never shows the URI's credentials.
+
+    Its loggers write through their own handler (propagate off), so they get the redacting filter; and it
+    prints each run's URL (`View run ... at: http://user:password@...`) straight to stdout: with credentials in
+    the URI that printing is turned off, unless the user chose otherwise.
+    """
+    mask_handlers(logging.getLogger("mlflow"))
+    if redact(uri) != uri:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a sqlite store while MLflow opens it (a no-op for other stores).
+
+    The first process to open a new sqlite file creates its tables and runs the schema migrations; a second
+    process doing the same at once fails in alembic ("Online migration expected to match one row"). Opening
+    both the tracking and the registry store under the lock leaves later processes an up-to-date schema.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f"{db.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure(tracking: Tracking, timeout_s: float) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns the experiment id.
 
@@ -93,6 +131,7 @@ def configure(tracking: Tracking, timeout_s: float) -> str:
 
     bound_waits(timeout_s)
     uri = tracking.resolved_uri
+    _mask_mlflow_output(uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -103,7 +142,8 @@ def configure(tracking: Tracking, timeout_s: float) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
-    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    with store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
         mlflow.set_experiment(tracking.experiment)
         return experiment.experiment_id

@@ -17,6 +17,8 @@ import io
 import json
 import math
 import os
+import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -193,11 +195,29 @@ def _real_task(args: tuple[Path, SamplePair, str, bool, int]) -> Record:
     return record
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the worker is killed when the process that started it dies.
+
+    A parent killed with SIGKILL runs no cleanup, and its workers would live on (holding memory) for good.
+    Linux delivers the signal when the starting thread ends: the pool is created and used by one thread
+    (`_run`). If the parent died before this ran, the worker exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _run(task: Callable[[Any], Record], jobs: list[Any], workers: int) -> list[Record]:
     """Run the jobs in order; in worker processes when there are enough of them to pay for the pool."""
     if workers <= 1 or len(jobs) < _PARALLEL_MIN_ITEMS:
         return [task(job) for job in progress(jobs, "prepare", unit="img")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         done = pool.map(task, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
         return list(progress(done, "prepare", total=len(jobs), unit="img"))
 

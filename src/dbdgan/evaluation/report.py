@@ -95,9 +95,10 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
     loaded = {name: load_predictor(source, tracking.resolved_uri) for name, source in model_files.items()}
     models: dict[str, nn.Module] = {name: item.model for name, item in loaded.items()}
     baselines = {name: cls() for name, cls in BASELINES.items()}
-    if ev.int8 or ev.onnx:
-        # Stale files from an earlier evaluation must not stand in for this one's export.
-        shutil.rmtree(out_dir / "onnx", ignore_errors=True)
+    # Stale files from an earlier evaluation must not stand in for this one's export; the folder exists even
+    # when it stays empty (evaluate.onnx and int8 off), since the step table declares it as an output.
+    shutil.rmtree(out_dir / "onnx", ignore_errors=True)
+    (out_dir / "onnx").mkdir(parents=True)
     quantised = (_int8_models(models, {name: item.input_size for name, item in loaded.items()}, data_dir, out_dir)
                  if ev.int8 else {})
     # Networks see images at the size they were trained on; the baselines work at native resolution.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from .weights import PretrainedWeightsError, load_strict, read_state_dict
 
 ModelFactory = Callable[..., DBDNet]
 _MODELS: dict[str, ModelFactory] = {}
+_ACCEPTS: dict[str, list[str]] = {}  # the keyword arguments of each preset (its builder's parameters)
 
 
 def register_model(fn: ModelFactory | None = None, *, name: str | None = None) -> Any:
@@ -38,15 +39,32 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError unless `name` is registered (params check it at load, before any data is read)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ValueError when `kwargs` holds keys that the registered model `name` does not take."""
+    check_model_name(name)
+    if name in _ACCEPTS:
+        allowed = _ACCEPTS[name]
+    else:  # a factory registered by hand: its own signature, unless it takes **kwargs
+        parameters = inspect.signature(_MODELS[name]).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        allowed = sorted(p.name for p in parameters)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r} does not accept {unknown}; it accepts {allowed}")
+
+
 def _preset_factory(name: str, builder: ModelFactory, defaults: dict[str, Any]) -> ModelFactory:
-    allowed = sorted(inspect.signature(builder).parameters)
+    _ACCEPTS[name] = sorted(inspect.signature(builder).parameters)
 
     def factory(**overrides: Any) -> DBDNet:
-        unknown = sorted(set(overrides) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"model {name!r} does not accept {unknown}; it accepts {allowed} (and pretrained)"
-            )
+        check_model_kwargs(name, overrides)
         return builder(**{**defaults, **overrides})
 
     factory.__name__ = name
@@ -77,8 +95,7 @@ def create_model(name: str, *, pretrained: Pretrained = None, **kwargs: Any) -> 
     layout). The returned model carries `arch` (the name) and `arch_kwargs` (the overrides, without
     `pretrained`) so a model file can rebuild it: a trained model never needs the pretrained weights again.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    check_model_name(name)
     model = _MODELS[name](**kwargs)
     if pretrained is not None and pretrained is not False:
         load_encoder_weights(model.encoder, pretrained, name)
