@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -247,3 +249,35 @@ def test_moving_average_warms_up_its_decay():
         assert averaged.module.weight.item() == pytest.approx(expected, rel=1e-6)
         assert averaged.module.num_batches_tracked.item() == n + 1  # counters follow the network
     assert engine.moving_average(net, None) is None
+
+
+# Katib's default StdOut metrics collector filter (katib pkg/metricscollector, DefaultFilter)
+KATIB_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+
+
+def test_each_epoch_logs_a_line_that_katibs_default_collector_reads(tmp_path, prepared):
+    """A tiny `dbdgan train-teacher` run as a Katib trial runs it: its output, read with Katib's default filter
+    (every line, name=value pairs of the metrics asked for), gives each epoch's numbers as MLflow logged them."""
+    command = [sys.executable, "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml"),
+               "--data", str(prepared), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow/mlflow.db"]
+    for override in TINY_OVERRIDES:
+        command += ["--set", override]
+    proc = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    run_id = json.loads(proc.stdout)["mlflow_run_id"]
+    wanted = {"epoch", "val_score", "val_max_f_sharp", "val_mae"}
+    collected: dict[str, list[float]] = {name: [] for name in wanted}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        for name, value, *_ in re.findall(KATIB_FILTER, line):
+            if name in wanted:
+                collected[name].append(float(value))
+    assert collected["epoch"] == [1.0, 2.0]
+    for name in wanted - {"epoch"}:
+        logged = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)  # step = epoch
+        assert collected[name] == pytest.approx([m.value for m in logged], rel=1e-5), name
+    line = next(line for line in proc.stderr.splitlines() if "epoch=2 " in line)
+    assert re.search(r"\bloss_\w+=\d", line), line  # the loss terms ride along

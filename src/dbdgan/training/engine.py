@@ -166,6 +166,15 @@ def epoch_line(stage: str, epoch: int, epochs: int, row: dict[str, float], kept:
             f"{' | kept (best so far)' if kept else ''}")
 
 
+def metrics_line(epoch: int, row: dict[str, float]) -> str:
+    """`epoch=3 val_score=0.81 val_max_f_sharp=0.88 ...`: the epoch's numbers as name=value pairs, validation
+    first, then the loss terms; the form Katib's default StdOut metrics collector, a DVC sweep's or an Optuna
+    objective's regex reads from the log. Non-finite values are left out: they would not parse as numbers."""
+    first = ("val_score", "val_max_f_sharp", "val_max_f", "val_mae")
+    ordered = [*(key for key in first if key in row), *(key for key in row if key not in first)]
+    return " ".join([f"epoch={epoch}", *(f"{key}={row[key]:.6g}" for key in ordered if math.isfinite(row[key]))])
+
+
 def selection_score(row: dict[str, float], metric: str) -> float:
     """Higher is better: the validation number that picks the kept epoch (MAE counts negated)."""
     return -row[metric] if metric == "val_mae" else row[metric]
@@ -301,6 +310,7 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                 history.append({"epoch": epoch + 1, **row})
                 kept = selection_score(row, job.best_metric) > best
                 log.info("%s", epoch_line(job.stage, epoch + 1, job.epochs, row, kept, time.monotonic() - started))
+                log.info("%s", metrics_line(epoch + 1, row))
                 if run is not None:
                     import mlflow
 
