@@ -19,7 +19,9 @@ from typing import Any
 from dbdgan import lineage
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
+from dbdgan.evaluation.scores import read_scores
 from dbdgan.model_card import BASELINE_NAMES, CardFacts, description, model_card
+from dbdgan.model_runs import training_run_id
 from dbdgan.tracking import ModelNames, Tracking, configure, flatten, run_lineage_tags
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,9 @@ def params_hash(params: Params) -> str:
 def _read_evaluation(metrics_dir: Path, role: str, params: Params) -> tuple[dict[str, float], str]:
     """Numeric metrics (flattened, settings left out) and the evaluation protocol they were measured under."""
     path = metrics_dir / f"{role}.json"
-    if not path.is_file():
+    data = read_scores(metrics_dir, role)
+    if data is None:
         raise FileNotFoundError(f"metrics for {role!r} not found: {path} (run `dbdgan evaluate` first)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"metrics file {path} is not valid JSON: {exc}") from exc
     settings = data.pop("settings", None)
     if settings is None:  # written without settings: the protocol is the one params describe
         ev = params.evaluate
@@ -164,13 +163,13 @@ def _preflight(client: Any, experiment_id: str, names: list[str]) -> dict[str, b
 
 
 def _same_version(client: Any, name: str, tags: dict[str, str]) -> Any:
-    """The version of `name` that already holds this model file with these metrics (a rerun), or None."""
-    from dbdgan.promotion import MANIFEST_TAG, METRIC_PREFIX, PROTOCOL_TAG
+    """The newest version of `name` that already holds this very model file (same sha256), or None.
 
-    keys = {"model_sha256", MANIFEST_TAG, PROTOCOL_TAG, *(k for k in tags if k.startswith(METRIC_PREFIX))}
+    The file decides, not the metrics: a student-only experiment re-evaluates the unchanged teacher, and its
+    timings move with the machine's load; a version per rerun would fill the registry with duplicates.
+    """
     found = client.search_model_versions(f"name='{name}' and tags.model_sha256='{tags['model_sha256']}'")
-    same = [v for v in found if all(v.tags.get(k) == tags[k] for k in keys)]
-    return max(same, key=lambda v: int(v.version)) if same else None
+    return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def _champion(client: Any, name: str) -> dict[str, Any] | None:
@@ -198,8 +197,10 @@ def _baselines(metrics_dir: Path) -> dict[str, dict[str, float]]:
     found = {}
     for name in BASELINE_NAMES:
         try:
-            data = json.loads((metrics_dir / f"{name}.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            data = read_scores(metrics_dir, name)
+        except (OSError, ValueError):
+            continue
+        if data is None:
             continue
         found[name] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
     return found
@@ -298,7 +299,8 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     planned = {role: (getattr(names, role), models[role], payload, metrics, {
         **common_tags, "role": role, "preset": payload["arch"],
         "arch_kwargs": json.dumps(payload["arch_kwargs"], sort_keys=True, default=str)[:4000],
-        "model_sha256": _sha256(models[role]), "training_run_id": payload["metadata"].get("mlflow_run_id") or "",
+        "model_sha256": _sha256(models[role]),
+        "training_run_id": training_run_id(client, models[role], payload["metadata"]) or "",
         PROTOCOL_TAG: protocol, **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}})
         for role, (payload, metrics, protocol) in inputs.items()}
     existed = _preflight(client, experiment_id, [entry[0] for entry in planned.values()])
@@ -321,8 +323,8 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
                     version = _new_version(client, name, role, model_path, payload, metrics, tags, facts)
                     written.append((name, version.version))
                 else:
-                    log.info("%s: version %s already holds this model and these metrics; reusing it",
-                             name, version.version)
+                    log.info("%s: version %s already holds this model file (sha256 %s...); reusing it, "
+                             "not registering a copy", name, version.version, tags["model_sha256"][:12])
                 result[role] = {"name": name, "version": int(version.version), "run_id": version.run_id,
                                 "model_uri": f"models:/{name}/{version.version}", "arch": payload["arch"],
                                 "metrics": metrics, "reused": (name, version.version) not in written}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import uuid
@@ -97,5 +96,10 @@ def launch(nproc: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    results = elastic_launch(config, functools.partial(fn, **kwargs))(*args)
+    results = elastic_launch(config, _call)(fn, args, kwargs)
     return results[0]
+
+
+def _call(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """The workers' entry point (torch's launcher names its workers after a plain function)."""
+    return fn(*args, **kwargs)
