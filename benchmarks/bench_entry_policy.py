@@ -9,13 +9,14 @@ Each row runs `dbdgan distill-student --set distill_student.epochs=N` as a fresh
 model loading included) on a prepared synthetic set and a one-epoch teacher made first, in a temporary folder;
 the load average (`uptime`) is recorded beside each row, since the machine is shared.
 
-Usage: python benchmarks/bench_entry_policy.py [--epochs 2] [--old-rev HEAD~1 --old-epochs 1]
+Usage: python benchmarks/bench_entry_policy.py [--epochs 2] [--repeats 2] [--old-rev REV --old-epochs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,9 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    """`uptime`'s time and load averages (1, 5, 15 min)."""
+    text = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return f"{text.split()[0]}, load {text.rpartition('load average:')[2].strip()}"
 
 
 def _distill(work: Path, name: str, epochs: int, env: dict[str, str]) -> dict[str, Any]:
@@ -63,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, "entry-policy", timing=False)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="under/outside pairs, alternating (default 2)")
     parser.add_argument("--old-rev", help="also time this revision's code outside make (e.g. the one before)")
     parser.add_argument("--old-epochs", type=int, default=1, help="epochs of the --old-rev row (slow: keep it short)")
     args = parser.parse_args()
@@ -76,8 +80,9 @@ def main() -> None:
               "--experiment", "bench-entry-policy", "--out", "models/teacher.pt",
               "--set", "train_teacher.epochs=1"], make_env, work)
         rows = report["rows"]
-        rows.append(_distill(work, "under_make", args.epochs, make_env))
-        rows.append(_distill(work, "outside_make", args.epochs, _env(under_make=False)))
+        for repeat in range(args.repeats):  # alternating, so that a change in the load hits both alike
+            rows.append({**_distill(work, "under_make", args.epochs, make_env), "repeat": repeat + 1})
+            rows.append({**_distill(work, "outside_make", args.epochs, _env(under_make=False)), "repeat": repeat + 1})
         if args.old_rev:
             old = work / "old"
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), args.old_rev], cwd=ROOT, check=True)
@@ -86,18 +91,25 @@ def main() -> None:
                                         _env(under_make=False, pythonpath=old / "src")), "rev": args.old_rev})
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=True)
-    base = rows[0]["seconds_per_epoch"]
+
+    def median(name: str) -> float:
+        return statistics.median(r["seconds_per_epoch"] for r in rows if r["row"] == name)
+
+    base = median("under_make")
     for row in rows:
         row["ratio_to_under_make"] = row["seconds_per_epoch"] / base
-    report["ratio_outside_over_under_make"] = rows[1]["ratio_to_under_make"]
-    table = markdown_table([("row", "run", ""), ("epochs", "epochs", "d"), ("seconds_per_epoch", "s / epoch", ".1f"),
+    report["ratio_outside_over_under_make"] = median("outside_make") / base
+    table = markdown_table([("row", "run", ""), ("repeat", "#", ""), ("epochs", "epochs", "d"),
+                            ("seconds_per_epoch", "s / epoch", ".1f"),
                             ("ratio_to_under_make", "vs under make", ".2f"), ("uptime_before", "uptime before", ""),
                             ("uptime_after", "uptime after", "")], rows)
     note = ("`dbdgan distill-student` (params.yaml, synthetic data, one-epoch teacher), each row a fresh process; "
             "s / epoch includes startup and model loading. under make: GLIBC_TUNABLES and OMP_WAIT_POLICY=PASSIVE "
             "as the Makefile exports them; outside make: neither set (the library's own policy, "
             "dbdgan.runtime_policy). The machine was shared with other work: see the load beside each row.")
-    finish("entry-policy", report, [note, table], args.out_dir, timing=True)
+    ratio = (f"Outside make / under make (median s / epoch): {report['ratio_outside_over_under_make']:.2f}"
+             + (f"; old code outside make / under make: {rows[-1]['ratio_to_under_make']:.2f}" if args.old_rev else ""))
+    finish("entry-policy", report, [note, table, ratio], args.out_dir, timing=True)
 
 
 if __name__ == "__main__":

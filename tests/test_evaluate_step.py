@@ -12,6 +12,7 @@ from pipeline_fixtures import artifact, tiny_params, tiny_tracking
 
 from dbdgan import steps
 from dbdgan.checkpoint import save_model_file
+from dbdgan.evaluation.scores import HEADLINE, read_scores
 from dbdgan.models import create_model
 
 
@@ -43,10 +44,18 @@ def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp
     assert abs(delta["mae"]) < 0.2
     metrics_dir = tmp_path / "metrics"
     for role in ("teacher", "student"):
+        # the DVC metric holds the headline numbers only; the rest of the accuracy and the timings have files
+        # of their own, and read_scores sees all three as one
         written = json.loads((metrics_dir / f"{role}.json").read_text())
+        assert sorted(written) == sorted(HEADLINE)
         assert 0.0 <= written["max_f"] <= 1.0 and 0.0 <= written["infocus_max_f"] <= 1.0
-        assert written["efficiency"]["params"] > 0
-        assert written["onnx"]["max_abs_diff"] < 1e-4 and written["onnx"]["map_max_abs_diff"] < 1e-4
+        details = json.loads((metrics_dir / "details" / f"{role}.json").read_text())
+        assert details["settings"]["split"] == "test" and "efficiency" not in details and "onnx" not in details
+        machine = json.loads((metrics_dir / "efficiency" / f"{role}.json").read_text())
+        assert machine["efficiency"]["params"] > 0 and machine["efficiency"]["omp_wait_policy"]
+        assert machine["onnx"]["max_abs_diff"] < 1e-4 and machine["onnx"]["map_max_abs_diff"] < 1e-4
+        assert read_scores(metrics_dir, role) == {**written, **details, **machine} == {
+            k: v for k, v in results[role].items()}
         assert (metrics_dir / "onnx" / f"{role}.onnx").is_file()
     blurred = json.loads((metrics_dir / "baseline_all_blurred.json").read_text())
     with open(tmp_path / "data" / "prepared" / "manifest.csv", newline="") as handle:
@@ -57,6 +66,9 @@ def test_evaluate_writes_metrics_baselines_onnx_and_logs_to_the_training_run(tmp
         assert (metrics_dir / "plots" / png).stat().st_size > 1000
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert {"evaluation/teacher.json", "evaluation/student.json", "evaluation/grid.png"} <= logged
+    assert {"evaluation/details/student.json", "evaluation/efficiency/student.json"} <= {
+        a.path for folder in ("details", "efficiency")
+        for a in mlflow.MlflowClient().list_artifacts(run_id, f"evaluation/{folder}")}
 
 
 def test_evaluate_scores_a_raw_folder_with_inverted_polarity(tmp_path, prepared_with_models):

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_fixtures import REPO, TINY_OVERRIDES, run_step, tiny_params
+from pipeline_fixtures import REPO, TINY_OVERRIDES, run_step, tiny_params, tiny_tracking
 
 from dbdgan import steps
 from dbdgan.checkpoint import load_model_file, read_model_file
+from dbdgan.model_runs import training_run_id
 from dbdgan.training import engine
 from dbdgan.training.engine import NonFiniteLossError
 
@@ -55,7 +56,13 @@ def test_teacher_training_writes_best_model_and_history(tmp_path, prepared):
     assert payload["metadata"]["val_score"] == pytest.approx(result["best_score"])
     assert result["best_score"] == max(row["val_max_f_sharp"] - row["val_mae"] for row in result["history"])
     assert payload["metadata"]["input_size"] == 48  # validated on whole images at image_size (no val_size)
-    assert payload["metadata"]["mlflow_run_id"]
+    # the file does not name its run (its bytes would differ on every retraining); the run is found by its hash
+    assert "mlflow_run_id" not in payload["metadata"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tiny_tracking(tmp_path).resolved_uri)
+    found = training_run_id(client, tmp_path / "models" / "teacher.pt", payload["metadata"])
+    assert found == result["mlflow_run_id"] and found
     model = load_model_file(tmp_path / "models" / "teacher.pt")
     assert model(torch.rand(1, 3, 37, 53)).shape == (1, 1, 37, 53)
 

@@ -232,7 +232,8 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
     if args.json:
         return info
     print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {args.size}x{args.size}, "
-          f"CPU latency {info['latency_ms_median']:.1f} ms (median, batch 1, {info['threads']} threads)")
+          f"CPU latency {info['latency_ms_median']:.1f} ms (median, batch 1, {info['threads']} threads, "
+          f"OMP_WAIT_POLICY {info['omp_wait_policy']}, {info['allocator']})")
     return None
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dbdgan import graph
+from dbdgan.evaluation.scores import read_scores
 
 ROWS = ("teacher", "student", "baseline_laplacian", "baseline_all_blurred")
 _HEADER = ("model", "in-focus max-F", "blurred max-F", "MAE", "params (M)", "latency b1 (ms)")
@@ -23,6 +24,13 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _scores(metrics_dir: Path, name: str) -> dict[str, Any] | None:
+    try:
+        return read_scores(metrics_dir, name)
+    except (OSError, ValueError):
+        return None
+
+
 def _cell(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, int | float) else "-"
 
@@ -31,7 +39,7 @@ def metrics_rows(metrics_dir: Path) -> list[tuple[str, ...]]:
     """One row per model whose metrics file exists: name, in-focus max-F, max-F, MAE, params, latency."""
     rows = []
     for name in ROWS:
-        data = _read(metrics_dir / f"{name}.json")
+        data = _scores(metrics_dir, name)
         if data is None:
             continue
         efficiency = data.get("efficiency") or {}
@@ -53,7 +61,7 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _title(metrics_dir: Path, params: Any) -> str:
-    settings = (_read(metrics_dir / "student.json") or _read(metrics_dir / "teacher.json") or {})
+    settings = _scores(metrics_dir, "student") or _scores(metrics_dir, "teacher") or {}
     split = (settings.get("settings") or {}).get("split", params.evaluate.split if params else "?")
     images = settings.get("n_images")
     where = f"{split} split" + (f", {images} images" if images else "")

@@ -23,8 +23,8 @@ from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, load_mask, load_rgb
 from dbdgan.evaluation.efficiency import eval_mode
 from dbdgan.evaluation.metrics import INFOCUS_PREFIX, DBDMetrics
 from dbdgan.evaluation.plots import GridRow, plot_curves, save_grid, thumbnail, write_curve_csvs
+from dbdgan.evaluation.scores import write_scores
 from dbdgan.inference import InputSize, blur_maps, prepare_network, size_tuple
-from dbdgan.io_utils import atomic_write_json
 from dbdgan.progress import progress
 
 MANIFEST_COLUMNS = ("id", "split", "image", "mask")
@@ -179,7 +179,7 @@ def evaluate_models(
             for prefix in ("", INFOCUS_PREFIX)
             for key in CURVE_KEYS
         }
-        atomic_write_json(out_dir / f"{name}.json", results[name])
+        write_scores(out_dir, name, results[name])
         write_curve_csvs(curves[name], plots_dir, name)
     plot_curves(
         curves, plots_dir / "curves.png", title=f"{split} split, {len(samples)} images, blurred = positive"

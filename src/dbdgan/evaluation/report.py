@@ -23,8 +23,9 @@ from dbdgan.evaluation.onnx_export import (
     export_onnx,
     quantize_onnx,
 )
+from dbdgan.evaluation.scores import score_files, write_scores
 from dbdgan.inference import InputSize, is_model_uri, load_predictor, predict_probability
-from dbdgan.io_utils import atomic_write_json
+from dbdgan.model_runs import training_run_id
 from dbdgan.tracking import Tracking, configure
 
 log = logging.getLogger(__name__)
@@ -63,23 +64,25 @@ def _int8_models(models: dict[str, nn.Module], sizes: dict[str, InputSize], data
 
 
 def _log_to_training_run(params: Params, tracking: Tracking, source: str | Path, out_dir: Path, name: str) -> None:
-    """Attach the evaluation to the MLflow run that trained the model, when its file names one in this store."""
+    """Attach the evaluation to the MLflow run that trained the model, when that run is in this store."""
     if is_model_uri(str(source)):
-        return
-    run_id = read_model_file(source)["metadata"].get("mlflow_run_id")
-    if not run_id:
         return
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     configure(tracking, params.register.service_timeout_s)
     client = MlflowClient()
+    run_id = training_run_id(client, source, read_model_file(source)["metadata"])
+    if not run_id:
+        log.info("no run in this tracking store trained %s; evaluation not attached", source)
+        return
     try:
         client.get_run(run_id)
     except MlflowException:
         log.info("training run %s of %s is not in this tracking store; evaluation not attached", run_id, source)
         return
-    client.log_artifact(run_id, str(out_dir / f"{name}.json"), artifact_path="evaluation")
+    for path in score_files(out_dir, name):
+        client.log_artifact(run_id, str(path), artifact_path=str(Path("evaluation") / path.parent.relative_to(out_dir)))
     for png in ("curves.png", "grid.png"):
         if (out_dir / "plots" / png).is_file():
             client.log_artifact(run_id, str(out_dir / "plots" / png), artifact_path="evaluation")
@@ -117,7 +120,7 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
         if f"{name}_int8" in results:
             results[name]["int8_delta"] = {key: results[f"{name}_int8"][key] - results[name][key]
                                            for key in ("max_f", "mae", "infocus_max_f")}
-        atomic_write_json(out_dir / f"{name}.json", results[name])
+        write_scores(out_dir, name, results[name])
         if ev.log_to_mlflow:
             _log_to_training_run(params, tracking, model_files[name], out_dir, name)
     return results

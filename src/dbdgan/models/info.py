@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dbdgan import runtime_policy
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad)."""
@@ -65,4 +67,6 @@ def model_info(
         "latency_ms_median": statistics.median(times) if times else None,
         "latency_runs": len(times),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": runtime_policy.omp_wait_policy(),
+        "allocator": runtime_policy.allocator(),
     }

@@ -29,6 +29,7 @@ from dbdgan.config import OptimParams, Params, TrainingParams
 from dbdgan.data.dataset import DBDDataset
 from dbdgan.evaluation.metrics import MAE, FBetaCurve
 from dbdgan.io_utils import atomic_torch_save
+from dbdgan.model_runs import tag_training_run
 from dbdgan.progress import progress
 from dbdgan.tracking import Tracking, stage_run
 from dbdgan.training.runtime import Runtime, barrier
@@ -328,7 +329,8 @@ def fit(job: TrainingJob) -> dict[str, Any]:
             barrier(runtime)
         if runtime.is_main:
             payload = read_model_file(best_path)
-            payload["metadata"]["mlflow_run_id"] = run_id or ""
+            # the run is not written into the file (a new id every time would change its bytes and dvc.lock's
+            # hash on every retraining): the run is tagged with the file's hash instead (dbdgan.model_runs)
             atomic_torch_save(payload, job.out_path)
             summary = {"stage": job.stage, "best_metric": job.best_metric, "best_score": best,
                        "best": payload["metadata"],
@@ -337,6 +339,7 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                 import mlflow
 
                 mlflow.log_metric(f"best_{job.best_metric}", best)
+                tag_training_run(job.out_path)
                 mlflow.log_artifact(str(job.out_path), artifact_path="checkpoint")
             return summary
     return {"stage": job.stage, "rank": runtime.rank}
