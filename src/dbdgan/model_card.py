@@ -43,6 +43,7 @@ class CardFacts:
     protocol: dict[str, Any]
     input_size: Any = None
     teacher_arch: str | None = None
+    teacher_source: str = ""  # an imported teacher's registry version or URI ("" = trained in the same run)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     champion: dict[str, Any] | None = None  # {"version": int, "metrics": {key: value}} of the current champion
     lineage: Lineage = field(default_factory=Lineage)  # the code, image and pipeline run that made it
@@ -75,6 +76,8 @@ def _networks(facts: CardFacts) -> str:
     size += f", {gflops:.2f} GFLOPs" if gflops else ""
     trained = (f"distilled from a {facts.teacher_arch} teacher" if facts.teacher_arch
                else "trained against its discriminator")
+    if facts.teacher_source:
+        trained += f" (`{facts.teacher_source}`, trained by an earlier run)"
     return f"{facts.arch} ({size}), {trained}"
 
 

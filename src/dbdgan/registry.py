@@ -258,8 +258,11 @@ def _undo(client: Any, written: list[tuple[str, str]], existed: dict[str, bool])
 
 
 def register_models(params: Params, models: dict[str, Path], names: ModelNames, metrics_dir: Path,
-                    manifest: Path, tracking: Tracking) -> dict[str, Any]:
+                    manifest: Path, tracking: Tracking, teacher_source: str = "") -> dict[str, Any]:
     """`models` maps role (teacher, student) -> model file, registered under `names` of that role.
+
+    teacher_source: where the teacher came from when it was not trained in this run (an earlier registered
+    version, an s3:// or file URI); the student's version records it, with the teacher file's sha256.
 
     Each model is logged as a pyfunc under its training run, registered as a new version with provenance and
     metric tags, and aliased `challenger`; the student then goes through the promotion gate.
@@ -303,6 +306,10 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
         "training_run_id": training_run_id(client, models[role], payload["metadata"]) or "",
         PROTOCOL_TAG: protocol, **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}})
         for role, (payload, metrics, protocol) in inputs.items()}
+    if "student" in planned and "teacher" in models:  # the student's lineage names the teacher it learnt from
+        planned["student"][4]["teacher_sha256"] = _sha256(models["teacher"])
+        if teacher_source:
+            planned["student"][4]["teacher_source"] = teacher_source
     existed = _preflight(client, experiment_id, [entry[0] for entry in planned.values()])
     baselines = _baselines(metrics_dir)
     result: dict[str, Any] = {}
@@ -318,7 +325,9 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
                         name=name, role=role, arch=payload["arch"], data_source=params.data.source, manifest=manifest,
                         manifest_sha256=tags[MANIFEST_TAG], metrics=metrics, protocol=json.loads(tags[PROTOCOL_TAG]),
                         input_size=payload["metadata"].get("input_size"),
-                        teacher_arch=params.model.teacher if role == "student" else None, baselines=baselines,
+                        teacher_arch=(inputs["teacher"][0]["arch"] if "teacher" in inputs else params.model.teacher)
+                        if role == "student" else None, baselines=baselines,
+                        teacher_source=tags.get("teacher_source", ""),
                         champion=_champion(client, name), lineage=code)
                     version = _new_version(client, name, role, model_path, payload, metrics, tags, facts)
                     written.append((name, version.version))

@@ -203,6 +203,15 @@ def run_lineage_tags(code: lineage.Lineage) -> dict[str, str]:
     return tags
 
 
+def _stage_params(stage: str, params: Params) -> dict[str, Any]:
+    """The params a pipeline step reads (graph.STEPS), so that its run shows no value it never used."""
+    from dbdgan import graph
+
+    tree = params.model_dump(mode="json")
+    names = {one.name for one in graph.STEPS}
+    return graph.step_params(graph.step(stage), tree) if stage in names else tree
+
+
 @contextmanager
 def stage_run(params: Params, stage: str, tracking: Tracking, run_id: str | None = None,
               enabled: bool = True) -> Iterator[Any]:
@@ -217,5 +226,5 @@ def stage_run(params: Params, stage: str, tracking: Tracking, run_id: str | None
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage) as run:
         if run_id is None:
             mlflow.set_tags({"dbdgan.stage": stage, **run_lineage_tags(lineage.current())})
-            mlflow.log_params(flatten(params.model_dump(mode="json")))
+            mlflow.log_params(flatten(_stage_params(stage, params)))
         yield run
