@@ -33,7 +33,7 @@ def _key_value(text: str) -> tuple[str, str]:
 def _add_build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", action="append", default=None, metavar="FILE",
                         help="params file (default: params.yaml); repeat to overlay a profile on it. The "
-                             "merged, validated params become the default of the params_yaml parameter")
+                             "merged, validated params (with --set) are baked into the tasks, each its step's part")
     parser.add_argument("--pretrain-params", action="append", default=None, metavar="FILE",
                         help="add synthetic pre-training: its params files (repeat to overlay), e.g. "
                              "--pretrain-params params.yaml --pretrain-params profiles/synthetic-pretrain.yaml; "

@@ -112,8 +112,8 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
     from `cluster.retries`. uncached: steps never to reuse a cached result in this pipeline (prepare, when the
     S3 dataset's digest could not be read).
     """
-    tree = _tree(params_text, "params_yaml")
-    params = params_from_dict(copy.deepcopy(tree), source="params_yaml")
+    tree = _tree(params_text, "pipeline params")
+    params = params_from_dict(copy.deepcopy(tree), source="pipeline params")
     pretrain_tree = _tree(pretrain_text, "pretrain params") if pretrain_text.strip() else {}
     if pretrain_tree:
         check_pretrain(pretrain_tree, params)
