@@ -11,7 +11,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 # made CPU training steps ~10x slower (benchmarks/README.md). Sleeping idle threads cost little when it is quiet.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install install-test run test lint train-real clean image image-test
+.PHONY: install install-test run test lint train-real clean image image-test serve
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
 # [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]`. Outputs go
@@ -83,6 +83,16 @@ image: install
 image-test: install-test
 	DBDGAN_IMAGE_REPO=$(IMAGE_REPO) DBDGAN_REQUIRE_IMAGE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_image_run.py
+
+# REST serving of a registered model with MLflow's scoring server (uvicorn from the venv, which PATH above puts
+# first): `make serve [MODEL=models:/dbd-student@champion] [PORT=5001] [HOST=127.0.0.1]`, tracking from
+# $$MLFLOW_TRACKING_URI, else the local store.
+MODEL ?= models:/dbd-student@champion
+PORT ?= 5001
+HOST ?= 127.0.0.1
+serve: install
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow/mlflow.db}" exec $(BIN)/mlflow models serve \
+		-m "$(MODEL)" --env-manager local -h $(HOST) -p $(PORT)
 
 clean:
 	rm -rf data/prepared reports metrics models checkpoints mlflow/mlflow.db mlflow/artifacts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -156,9 +157,12 @@ def test_student_goes_through_the_gate_and_the_decision_is_recorded(registered):
 def test_pyfunc_takes_arrays_bytes_and_dataframes(registered):
     model = mlflow.pyfunc.load_model("models:/dbd-student@champion")
     assert model.metadata.get_input_schema() is not None and model.metadata.saved_input_example_info
+    assert {spec.name: spec.default for spec in model.metadata.get_params_schema().params} == {
+        "output": "png", "max_side": 0}
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (2, 40, 52, 3), dtype=np.uint8)
-    maps = model.predict(batch)
+    records = model.predict(batch, params={"output": "float"})
+    maps = np.stack([record["map"] for record in records])
     assert maps.shape == (2, 40, 52) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     expected = blur_maps(load_model_file(registered["models"]["student"]), list(batch), input_size=48)
@@ -167,13 +171,14 @@ def test_pyfunc_takes_arrays_bytes_and_dataframes(registered):
     other = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
     mixed = np.empty(2, dtype=object)
     mixed[0], mixed[1] = png_bytes(batch[0]), other
-    ragged = model.predict(mixed)
-    assert [m.shape for m in ragged] == [(40, 52), (30, 20)]
-    np.testing.assert_allclose(ragged[0], maps[0], atol=1e-5)
+    ragged = model.predict(mixed, params={"output": "float"})
+    assert [record["map"].shape for record in ragged] == [(40, 52), (30, 20)]
+    np.testing.assert_allclose(ragged[0]["map"], maps[0], atol=1e-5)
 
     grey = png_bytes(batch[1][:, :, 0])
-    frame = model.predict(pd.DataFrame({"image": [grey]}))
-    assert frame.shape == (1, 40, 52)
+    [record] = model.predict(pd.DataFrame({"image": [grey]}))  # default: the 8-bit map as a PNG
+    with Image.open(io.BytesIO(base64.b64decode(record["map"]))) as png:
+        assert png.size == (52, 40) and png.mode == "L"
 
 
 def test_pyfunc_rejects_bad_input_clearly(registered):

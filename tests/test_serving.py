@@ -1,4 +1,7 @@
-"""`mlflow models serve -m models:/dbd-student@champion` for real: a subprocess on 127.0.0.1, real HTTP."""
+"""`make serve MODEL=models:/dbd-student@champion` for real: MLflow's scoring server on 127.0.0.1, real HTTP.
+
+The server starts through the README's command, with no virtual environment on PATH (as on a fresh clone).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dbdgan.registry import register_models
 from dbdgan.tracking import ModelNames
 
 STARTUP_S = 120
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -53,16 +57,13 @@ def server(tmp_path_factory):
                                  tracking)
     assert result["student"]["gate"]["result"] == "promoted"
     port = free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    command = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "models", "serve",
-               "-m", f"models:/{student}@champion", "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
+    command = ["make", "--no-print-directory", "serve", f"MODEL=models:/{student}@champion", f"PORT={port}"]
     log_path = root / "serve.log"
-    bin_dir = str(Path(sys.executable).parent)  # the server execs uvicorn from the same environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.resolved_uri,
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    bin_dir = Path(sys.executable).parent
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != bin_dir)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.resolved_uri, "PATH": path, "OMP_NUM_THREADS": "1"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -80,7 +81,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield base
+        yield {"base": base, "tracking": tracking, "uri": f"models:/{student}@champion", "root": root}
     finally:
         stop(proc)
 
@@ -99,27 +100,80 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def test_served_model_returns_blur_maps_for_encoded_images_and_arrays(server):
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+def _jpeg(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=92)
-    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(buffer.getvalue()).decode()
 
-    status, body = post(f"{server}/invocations", {"inputs": [encoded]})
+
+def _png_map(record: dict) -> np.ndarray:
+    assert record["output"] == "png"
+    with Image.open(io.BytesIO(base64.b64decode(record["map"]))) as img:
+        assert img.format == "PNG" and img.mode == "L"
+        return np.asarray(img)
+
+
+def test_served_maps_are_the_pngs_dbdgan_predict_writes(server, tmp_path):
+    from dbdgan.predict import predict_paths
+
+    image = np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    encoded = _jpeg(image)
+    status, body = post(f"{server['base']}/invocations", {"inputs": [encoded]})
     assert status == 200, body
-    maps = np.asarray(body["predictions"], dtype=np.float32)
-    assert maps.shape == (1, 45, 61)
-    assert maps.min() >= 0.0 and maps.max() <= 1.0 and np.isfinite(maps).all()
+    [record] = body["predictions"]
+    assert (record["width"], record["height"], record["downscaled"]) == (61, 45, False)
+    assert (record["photo_width"], record["photo_height"]) == (61, 45)
+    served = _png_map(record)
 
-    status, body = post(f"{server}/invocations", {"inputs": image[None].tolist()})
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(base64.b64decode(encoded))
+    predict_paths([photo], server["uri"], tmp_path / "out", tracking_uri=server["tracking"].resolved_uri,
+                  progress=False, overlays=False)
+    with Image.open(tmp_path / "out" / "photo_blur.png") as written:
+        np.testing.assert_array_equal(served, np.asarray(written))
+
+    status, body = post(f"{server['base']}/invocations", {"inputs": [encoded], "params": {"output": "uint8"}})
     assert status == 200, body
-    assert np.asarray(body["predictions"]).shape == (1, 45, 61)
-
-    frame = {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
-    status, body = post(f"{server}/invocations", frame)
+    np.testing.assert_array_equal(np.asarray(body["predictions"][0]["map"], dtype=np.uint8), served)
+    status, body = post(f"{server['base']}/invocations", {"inputs": [encoded], "params": {"output": "float"}})
     assert status == 200, body
-    assert np.asarray(body["predictions"]).shape == (1, 45, 61)
+    probabilities = np.asarray(body["predictions"][0]["map"], dtype=np.float32)
+    assert probabilities.shape == (45, 61) and 0.0 <= probabilities.min() <= probabilities.max() <= 1.0
+    np.testing.assert_array_equal(np.floor(probabilities * 255 + 0.5).astype(np.uint8), served)
 
-    status, body = post(f"{server}/invocations", {"inputs": [base64.b64encode(b"not an image").decode()]})
-    assert status >= 400 and "not a readable image" in json.dumps(body)
+
+def test_arrays_frames_and_a_downscaled_copy(server):
+    image = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    status, body = post(f"{server['base']}/invocations", {"inputs": image[None].tolist()})
+    assert status == 200, body
+    assert _png_map(body["predictions"][0]).shape == (45, 61)
+
+    frame = {"dataframe_split": {"columns": ["image"], "data": [[_jpeg(image)]]}}
+    status, body = post(f"{server['base']}/invocations", frame)
+    assert status == 200, body
+    assert _png_map(body["predictions"][0]).shape == (45, 61)
+
+    big = np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    status, body = post(f"{server['base']}/invocations", {"inputs": [_jpeg(big)], "params": {"max_side": 100}})
+    assert status == 200, body
+    [record] = body["predictions"]
+    assert _png_map(record).shape == (75, 100)
+    assert (record["width"], record["height"], record["downscaled"]) == (100, 75, True)
+    assert (record["photo_width"], record["photo_height"]) == (400, 300)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    ({"inputs": [base64.b64encode(b"not an image").decode()]}, "not a readable image (12 bytes): cannot identify"),
+    ({"inputs": [[[1, 2]]]}, "expected an RGB image array [H,W,3], got shape (1, 1, 2)"),
+    ({"inputs": ["AAAA"], "params": {"output": "jpeg"}},
+     "params.output must be one of ['png', 'uint8', 'float'], got 'jpeg'"),
+    ({"inputs": ["AAAA"], "params": {"max_side": -5}}, "params.max_side must be a whole number of pixels >= 0"),
+])
+def test_a_bad_request_is_a_400_with_our_one_line_reason(server, payload, reason):
+    status, body = post(f"{server['base']}/invocations", payload)
+    assert status == 400, body
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    message = body["message"]
+    assert message.startswith(reason), message
+    assert "\n" not in message and "Traceback" not in json.dumps(body) and "stack_trace" not in body
+    assert str(REPO) not in json.dumps(body) and "site-packages" not in json.dumps(body)

@@ -97,14 +97,16 @@ def _log_pyfunc(model_path: Path, input_size: Any, card: str) -> Any:
     """Log the pyfunc under the active run, as a model from code (nothing is pickled).
 
     The input schema is a batch of objects (arrays or encoded bytes: MLflow has no union type); the example
-    is one encoded PNG, the form a served model usually receives.
+    is one encoded PNG, the form a served model usually receives. The inference parameters (`output`,
+    `max_side`) are declared with their defaults; the output (one record per image) has no MLflow schema type.
     """
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]))
+
+    from dbdgan.serving import PARAMS
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(object), (-1,))]), params=PARAMS)
     example = np.array([_example_png()], dtype=object)
     package_dir = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
