@@ -18,6 +18,7 @@ import torch
 from kfp_fixtures import port_closed, stop_group
 
 SHARED_CUHK = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-dbd"
+SHARED_SZU = SHARED_CUHK.with_name("szu-bd-sample")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,22 @@ def shared_cuhk() -> Path:
     pytest.skip(
         f"real CUHK data not found at {' or '.join(map(str, candidates))} "
         "(set DBDGAN_SHARED_DATA to the cuhk-dbd folder to run this test)"
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_szu() -> Path:
+    """The 50-photo SZU-BD sample (release layout) from ../shared, or beside $DBDGAN_SHARED_DATA's cuhk-dbd;
+    skips when it is absent."""
+    override = os.environ.get("DBDGAN_SHARED_DATA")
+    candidates = ([Path(override) / "szu-bd-sample", Path(override).with_name("szu-bd-sample")] if override
+                  else [SHARED_SZU])
+    for path in candidates:
+        if (path / "img" / "out-of-focus").is_dir() and (path / "gt").is_dir():
+            return path
+    pytest.skip(
+        f"real SZU-BD sample not found at {' or '.join(map(str, candidates))} "
+        "(set DBDGAN_SHARED_DATA to the folder holding szu-bd-sample to run this test)"
     )
 
 

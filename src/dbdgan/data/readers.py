@@ -6,8 +6,9 @@ to the project's convention (1 = blurred).
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,13 @@ IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "source", "src", "input", "
 MASK_DIR_NAMES = ("masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "labels", "label")
 MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask", "_label")
 _SEARCH_DEPTH = 3
+# SZU-BD as released (Sun et al., results repository BD_EFPN): the defocus photos in img/out-of-focus/, every
+# photo again in img/ and the motion-blurred ones in img/motion/; masks in gt/, 255 = blurred
+SZU_DEFOCUS_DIR = ("img", "out-of-focus")
+SZU_OTHER_IMAGE_DIRS = (("img",), ("img", "motion"))
+SZU_MASK_DIR = "gt"
+
+log = logging.getLogger(__name__)
 
 
 class LayoutError(ValueError):
@@ -46,8 +54,9 @@ SOURCES: dict[str, SourceSpec] = {
     "dut": SourceSpec(
         "dut", "sharp-white", True, "DUT-DBD: source|images + gt|masks (any depth), in-focus white"
     ),
+    # binarize: a few of the release's masks are anti-aliased (grey edges, under 1 % of their pixels)
     "szu": SourceSpec(
-        "szu", "sharp-white", True, "SZU-BD: source|images + gt|masks (any depth), in-focus white"
+        "szu", "blurred-white", True, "SZU-BD as released: img/out-of-focus/*.jpg + gt/*.png, 255 = blurred"
     ),
     "folder": SourceSpec("folder", None, False, "images/ + masks/ with an explicit polarity"),
 }
@@ -71,14 +80,20 @@ def _listing(paths: list[Path], limit: int = 10) -> str:
     return shown + (f" ... ({len(paths)} in all)" if len(paths) > limit else "")
 
 
-def pair_folder(image_dir: Path, mask_dir: Path, id_prefix: str = "") -> list[SamplePair]:
-    """Pair every image with the mask of the same stem; any unmatched file is an error that names it."""
+def pair_folder(image_dir: Path, mask_dir: Path, id_prefix: str = "",
+                skip_masks: Collection[str] = ()) -> list[SamplePair]:
+    """Pair every image with the mask of the same stem; any unmatched file is an error that names it.
+
+    skip_masks: match keys (lower-case stems) of masks that belong to no image here on purpose.
+    """
     images = _files(image_dir, IMAGE_EXTENSIONS)
     if not images:
         raise LayoutError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     masks: dict[str, Path] = {}
     for mask in _files(mask_dir, MASK_EXTENSIONS):
         key = _match_key(mask.stem)
+        if key in skip_masks:
+            continue
         if key in masks:
             raise LayoutError(f"two masks for one image in {mask_dir}: {masks[key].name} and {mask.name}")
         masks[key] = mask
@@ -188,6 +203,34 @@ def discover_pairs(root: Path, max_depth: int = _SEARCH_DEPTH) -> list[tuple[Pat
     return found
 
 
+def read_szu(root: Path) -> list[SamplePair]:
+    """SZU-BD in the release's own layout: the photos of img/out-of-focus/ with their masks in gt/.
+
+    The release's gt/ may also hold masks of its motion-blurred photos (img/motion/, and every photo again
+    at img/NAME.jpg): motion blur is not defocus, so a mask whose photo is in img/ or img/motion/ but not in
+    img/out-of-focus/ is skipped, with a note; a mask whose photo is nowhere is an error, as elsewhere.
+    """
+    image_dir = root.joinpath(*SZU_DEFOCUS_DIR)
+    mask_dir = root / SZU_MASK_DIR
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        raise LayoutError(
+            f"{root} is not in SZU-BD's layout: it needs {'/'.join(SZU_DEFOCUS_DIR)}/ (the defocus photos) and "
+            f"{SZU_MASK_DIR}/ (their masks, 255 = blurred), as the release has them. For another layout of the "
+            "same photos use data.source=folder (images/ + masks/) with data.polarity=blurred-white"
+        )
+    defocus = {image.stem.lower() for image in _files(image_dir, IMAGE_EXTENSIONS)}
+    elsewhere = {image.stem.lower() for parts in SZU_OTHER_IMAGE_DIRS if root.joinpath(*parts).is_dir()
+                 for image in _files(root.joinpath(*parts), IMAGE_EXTENSIONS)}
+    masks = {_match_key(mask.stem) for mask in _files(mask_dir, MASK_EXTENSIONS)}
+    motion = sorted((masks & elsewhere) - defocus)
+    if motion:
+        log.info("szu: skipped %d mask(s) in %s whose photos are not in %s (motion blur, not defocus): %s",
+                 len(motion), mask_dir, image_dir, ", ".join(motion[:10]) + (" ..." if len(motion) > 10 else ""))
+    pairs = pair_folder(image_dir, mask_dir, skip_masks=set(motion))
+    _check_inside(root, pairs)
+    return pairs
+
+
 def read_source(source: str, root: Path) -> list[SamplePair]:
     """Image/mask pairs of a dataset folder in the layout of `source` (cuhk, dut, szu, folder)."""
     if source not in SOURCES:
@@ -197,6 +240,8 @@ def read_source(source: str, root: Path) -> list[SamplePair]:
         pairs = pair_folder(_require_dir(root / "images", source), _require_dir(root / "masks", source))
         _check_inside(root, pairs)
         return pairs
+    if source == "szu":
+        return read_szu(root)
     dirs = discover_pairs(root)
     if not dirs:
         raise LayoutError(
