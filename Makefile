@@ -75,14 +75,15 @@ lint: install-test
 
 # The component image (podman; offline Debian base when the public one cannot be pulled): tagged
 # <version>-g<commit>[-dirty], the tag `dbdgan pipeline compile` names. IMAGE_REPO=registry.example.com/ml/dbdgan
-# to push it (docs/kubernetes.md). image-test runs every step's component inside it (tests/test_image_run.py).
+# to push it (docs/kubernetes.md). image-test runs every step's component inside it (tests/test_image_run.py)
+# and the serving container of deploy/ on the champion (tests/test_image_serve.py).
 IMAGE_REPO ?= localhost/dbdgan
 image: install
 	DBDGAN_IMAGE_REPO=$(IMAGE_REPO) scripts/build-image.sh
 
 image-test: install-test
 	DBDGAN_IMAGE_REPO=$(IMAGE_REPO) DBDGAN_REQUIRE_IMAGE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_image_run.py
+		tests/test_image_run.py tests/test_image_serve.py
 
 # REST serving of a registered model with MLflow's scoring server (uvicorn from the venv, which PATH above puts
 # first): `make serve [MODEL=models:/dbd-student@champion] [PORT=5001] [HOST=127.0.0.1]`, tracking from
