@@ -30,7 +30,8 @@ DVC = str(BIN / "dvc")
 STAGES = [step.name for step in STEPS]
 # Cached by DVC (and so pushed): everything the stages write except the git-tracked metrics and the
 # per-machine registration record.
-CACHED = ("data/prepared", "reports/validation", "models/teacher.pt", "models/student.pt", "metrics/onnx")
+CACHED = ("data/prepared", "reports/validation/validation.json", "models/teacher.pt", "models/student.pt",
+          "metrics/onnx")
 
 
 def _tiny_params() -> dict:
@@ -193,3 +194,18 @@ def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
     _run([DVC, "pull"], repo, env)
     assert _hashes(repo) == before
     assert _ran(_run([DVC, "repro"], repo, env)) == []  # the pulled outputs are the pipeline's, nothing reruns
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_reproduces_the_committed_run_and_stays_clean(history, tmp_path):
+    """Issue 26: the promise of DVC. A clone of the committed first run, `make run` there: the data hash,
+    models, metrics and plots equal the committed ones (timings live in git-ignored metrics/efficiency)."""
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(history["repo"]), str(clone)], tmp_path)
+    (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    _run(["make", "-s", "-o", ".venv/.installed", "run"], clone)
+    assert _run(["git", "status", "--porcelain"], clone) == "", _run(["git", "diff"], clone)
+    timed = json.loads((clone / "metrics" / "efficiency" / "student.json").read_text())
+    assert timed["efficiency"]["latency_ms_b1"] > 0
+    shown = _run([DVC, "metrics", "show"], clone)
+    assert max(len(line) for line in shown.splitlines()) <= 120, shown

@@ -180,6 +180,10 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
     elif not args.params and not Path("params.yaml").is_file():
         params = None
     _print_results(params, root)
+    if args.compare:
+        from dbdgan.results import compare_text
+
+        print(compare_text(root, args.compare), flush=True)
     return None
 
 
@@ -317,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("results", _cmd_results, "a run's numbers (teacher, student, baselines) and where its plots are")
     p.add_argument("--root", default=".", help="run folder (default: .)")
+    p.add_argument("--compare", metavar="REV|EXP",
+                   help="also set the accuracy beside a git revision's or a DVC experiment's (committed metrics)")
 
     p = add("steps", _cmd_steps, "the pipeline's steps with their inputs and outputs")
     p.add_argument("--dvc", action="store_true",
@@ -369,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     for noisy in ("great_expectations", "git", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # a retry of an unreachable server is a warning per attempt; the failure itself is the command's one line
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         if args.params is None and args.command in NO_PARAMS_FILE_NEEDED and not Path("params.yaml").is_file():
             params = params_from_dict({}, _prepare_overrides(args), source="the defaults")

@@ -36,10 +36,12 @@ def _use_store(args: argparse.Namespace, params: Params) -> str:
     import mlflow
 
     from dbdgan.cli import tracking_from
+    from dbdgan.store_check import require_store
     from dbdgan.tracking import bound_waits
 
     bound_waits(params.register.service_timeout_s)
     uri = tracking_from(args).resolved_uri
+    require_store(uri)  # these commands read a registry: a missing one is an error, never created empty
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -10,8 +10,10 @@ back to each image's own resolution.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dbdgan.checkpoint import load_model_file, model_from_payload, read_model_file
+from dbdgan.redact import redact
 
 InputSize = int | tuple[int, int] | None  # None: the image's own resolution
 
@@ -201,6 +204,22 @@ def checkpoint_from_mlflow_dir(model_dir: Path) -> tuple[Path, InputSize]:
     return checkpoint, _size(input_size)
 
 
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def quiet_download() -> Iterator[None]:
+    """No MLflow "Downloading artifacts" bar (dozens of steps per model load) unless the user set its variable."""
+    if _PROGRESS_BAR in os.environ:
+        yield
+        return
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PROGRESS_BAR, None)
+
+
 def load_predictor(model: str | Path, tracking_uri: str | None = None) -> LoadedModel:
     """A local model file, or an MLflow model URI such as `models:/dbd-student@champion`.
 
@@ -215,13 +234,23 @@ def load_predictor(model: str | Path, tracking_uri: str | None = None) -> Loaded
                            input_size=_size(payload["metadata"].get("input_size")))
     import mlflow
 
+    from dbdgan.failures import describe
+    from dbdgan.store_check import HINT, require_store
+
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp:
+    where = mlflow.get_tracking_uri()
+    if text.startswith(("models:/", "runs:/")):
+        require_store(where)  # before MLflow would create an empty store to look in
+    with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp, quiet_download():
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tmp))
         except Exception as exc:  # MlflowException, missing alias, unreachable server: name the URI
-            where = mlflow.get_tracking_uri()
-            raise ValueError(f"cannot download model {text!r} from {where}: {exc}") from exc
+            reason = describe(exc)
+            if any(sign in reason for sign in ("Max retries exceeded", "Failed to establish a new connection")):
+                raise ConnectionError(f"cannot reach the MLflow store {redact(where)} to load {text!r}; "
+                                      f"{HINT}") from exc
+            raise ValueError(f"cannot download model {text!r} from {redact(where)}: {reason}; "
+                             f"if it lives elsewhere, {HINT}") from exc
         checkpoint, input_size = checkpoint_from_mlflow_dir(local)
         return LoadedModel(load_model_file(checkpoint), source=text, input_size=input_size)

@@ -7,11 +7,14 @@ Read from the files the pipeline wrote under a run folder (metrics/*.json, repor
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from dbdgan import graph
-from dbdgan.evaluation.scores import read_scores
+from dbdgan.evaluation.scores import DETAILS, read_scores
+from dbdgan.redact import redact
+from dbdgan.tracking import Tracking
 
 ROWS = ("teacher", "student", "baseline_laplacian", "baseline_all_blurred")
 _HEADER = ("model", "in-focus max-F", "blurred max-F", "MAE", "params (M)", "latency b1 (ms)")
@@ -50,14 +53,75 @@ def metrics_rows(metrics_dir: Path) -> list[tuple[str, ...]]:
     return rows
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] = _HEADER) -> str:
     """A plain aligned text table (first column left, numbers right)."""
-    widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
 
-    return "\n".join([line(_HEADER), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def resolve_revision(root: Path, rev: str) -> str:
+    """The commit of a git revision or of a DVC experiment's name (a ref under refs/exps); ValueError if none."""
+    commit = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if commit:
+        return commit
+    refs = (_git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps") or "").splitlines()
+    found = [line.split()[0] for line in refs if line.endswith(f"/{rev}")]
+    if len(found) == 1:
+        return found[0]
+    what = "several experiments are" if found else "neither a git revision nor a DVC experiment is"
+    raise ValueError(f"--compare {rev}: {what} named so here (see `git log`, `dvc exp show`)")
+
+
+def scores_at(root: Path, commit: str, name: str) -> dict[str, Any] | None:
+    """One model's committed scores (headline and details files) at `commit`; None where it had none."""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is None:
+        raise ValueError(f"--compare needs a git repository; {root} is not in one")
+    metrics = (root / graph.ARTIFACTS["scores"].path).resolve().relative_to(Path(top).resolve())
+    merged: dict[str, Any] = {}
+    for rel in (metrics / f"{name}.json", metrics / DETAILS / f"{name}.json"):
+        text = _git(root, "show", f"{commit}:{rel.as_posix()}")
+        if text is None:
+            if not merged:
+                return None
+            continue
+        merged.update(json.loads(text))
+    return merged
+
+
+_COMPARED = (("infocus_max_f", "in-focus max-F"), ("max_f", "blurred max-F"), ("mae", "MAE"))
+
+
+def compare_text(root: Path, rev: str) -> str:
+    """This run's accuracy beside a commit's or a DVC experiment's, model by model, with the change."""
+    root = Path(root)
+    commit = resolve_revision(root, rev)
+    metrics_dir = root / graph.ARTIFACTS["scores"].path
+    header = ("model", *(cell for _, title in _COMPARED for cell in (f"{title}: now", "then", "change")))
+    rows = []
+    for name in ROWS:
+        now, then = _scores(metrics_dir, name) or {}, scores_at(root, commit, name) or {}
+        if not now and not then:
+            continue
+        cells = [name.replace("_", " ")]
+        for key, _ in _COMPARED:
+            a, b = now.get(key), then.get(key)
+            change = a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
+            cells += [_cell(a, ".3f"), _cell(b, ".3f"), _cell(change, "+.3f")]
+        rows.append(tuple(cells))
+    if not rows:
+        return f"Compared with {rev} ({commit[:10]}): no metrics in either"
+    return "\n".join([f"Now ({metrics_dir}) and then ({rev}, commit {commit[:10]}):",
+                      *("  " + text for text in table(rows, header).splitlines())])
 
 
 def _title(metrics_dir: Path, params: Any) -> str:
@@ -83,12 +147,14 @@ def results_text(root: Path, params: Any = None) -> str:
               "evaluate.efficiency_size)" if rows else "",
               f"  plots:      {plots / 'curves.png'} (PR, F vs threshold), {plots / 'grid.png'} (maps: white = "
               "blurred); all runs: dvc plots show",
-              f"  metrics:    {metrics_dir}/<model>.json  (dvc metrics show; dvc metrics diff; dvc exp show)",
+              f"  metrics:    {metrics_dir}/<model>.json, details/, efficiency/ (timings)  (dvc metrics show; "
+              "dvc metrics diff; dbdgan results --compare REV|EXP)",
               "  models:     " + ", ".join(str(root / graph.ARTIFACTS[n].path) for n in ("teacher", "student"))]
     registered = _read(root / graph.ARTIFACTS["registered"].path) or {}
     for role, entry in registered.items():
         gate = (entry.get("gate") or {}).get("result")
         lines.append(f"  registered: {role}: {entry.get('model_uri')} (alias challenger"
                      f"{f'; gate: {gate}' if gate else ''})")
-    lines.append("  MLflow UI:  mlflow ui --backend-store-uri <tracking URI>, then open http://127.0.0.1:5000")
+    lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {redact(Tracking().resolved_uri)}, then open "
+                 "http://127.0.0.1:5000")
     return "\n".join(line for line in lines if line)

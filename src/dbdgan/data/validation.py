@@ -126,9 +126,12 @@ class ValidationReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """What validation.json holds: paths relative to its folder and no timing, so that the same data gives
+        the same file on every machine (DVC hashes it; the training stages depend on it)."""
         out = asdict(self)
+        del out["duration_s"]
         for key in ("data_dir", "data_docs_index", "json_path"):
-            out[key] = str(out[key])
+            out[key] = os.path.relpath(Path(out[key]).resolve(), Path(self.json_path).resolve().parent)
         return out
 
 
