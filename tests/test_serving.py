@@ -177,3 +177,21 @@ def test_a_bad_request_is_a_400_with_our_one_line_reason(server, payload, reason
     assert message.startswith(reason), message
     assert "\n" not in message and "Traceback" not in json.dumps(body) and "stack_trace" not in body
     assert str(REPO) not in json.dumps(body) and "site-packages" not in json.dumps(body)
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_without_echoing_the_request(server):
+    """MLflow checks the types itself and quotes the request in its message: photos show as their length."""
+    photo = _jpeg(np.zeros((20, 20, 3), dtype=np.uint8))
+    status, body = post(f"{server['base']}/invocations", {"inputs": [photo * 200], "params": {"max_side": "big"}})
+    assert status == 400, body
+    assert "max_side" in body["message"] and photo not in body["message"] and len(body["message"]) < 1000
+
+
+def test_a_request_holds_a_bounded_number_of_pixels():
+    from dbdgan.serving import decode_request
+
+    photos = [np.zeros((100, 100, 3), dtype=np.uint8)] * 3
+    assert len(decode_request(photos, budget=30_000)) == 3
+    with pytest.raises(ValueError, match="more than 20000 pixels together"):
+        decode_request(photos, budget=20_000)
+    assert [p.shape for p, _ in decode_request(photos, max_side=50, budget=10_000)] == [(50, 50, 3)] * 3

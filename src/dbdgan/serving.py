@@ -15,7 +15,9 @@ Inference parameters (declared in the model signature, JSON: `"params": {"output
 
 Output: one record per image, in input order: `map`, `output`, the map's `width` and `height`, the photo's
 `photo_width` and `photo_height` (EXIF orientation applied), and `downscaled` (true when `max_side` shrank it).
-A bad request is answered with HTTP 400 and a one-line reason (`ServingError`), never a trace.
+A bad request is answered with HTTP 400 and a one-line reason (`ServingError`), never a trace; one request
+may hold up to MAX_REQUEST_PIXELS pixels (as predicted on), about eight 12-megapixel photos. A parameter of
+the wrong JSON type is refused by MLflow itself, with its own message.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import base64
 import binascii
 import io
 import logging
+import os
 from typing import Any
 
 import mlflow.pyfunc
@@ -35,7 +38,8 @@ from mlflow.types.schema import ParamSchema, ParamSpec
 
 log = logging.getLogger(__name__)
 
-MAX_SERVED_PIXELS = 40_000_000
+MAX_SERVED_PIXELS = 40_000_000  # one image
+MAX_REQUEST_PIXELS = 100_000_000  # all images of one request, as predicted on: bounds a request's memory
 BATCH_SIZE = 8  # same-size images per network batch, as in `dbdgan predict`
 OUTPUTS = ("png", "uint8", "float")
 PARAMS = ParamSchema([ParamSpec("output", "string", "png"), ParamSpec("max_side", "long", 0)])
@@ -174,9 +178,44 @@ def _one_image(value: Any, max_pixels: int, max_side: int) -> tuple[np.ndarray, 
     return _shrunk(pixels, max_side), pixels.shape[:2]
 
 
+def decode_request(values: list[Any], max_side: int = 0,
+                   budget: int = MAX_REQUEST_PIXELS) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Each image's pixels to predict on and its photo's (height, width), refusing a request whose images
+    hold more than `budget` pixels together (after `max_side`): one request's memory stays bounded."""
+    images, total = [], 0
+    for value in values:
+        pixels, photo = _one_image(value, MAX_SERVED_PIXELS, max_side)
+        total += pixels.shape[0] * pixels.shape[1]
+        if total > budget:
+            raise ValueError(f"the request's images hold more than {budget} pixels together: send fewer per "
+                             f"request, or set params.max_side")
+        images.append((pixels, photo))
+    return images
+
+
 def as_images(model_input: Any, max_pixels: int = MAX_SERVED_PIXELS) -> list[np.ndarray]:
     """Normalise every accepted input form to a list of uint8 HxWx3 arrays."""
     return [_one_image(value, max_pixels, 0)[0] for value in _image_values(model_input)]
+
+
+_SCORING_SERVER_MODEL = "__pyfunc_model_path__"  # set for the process `mlflow models serve` starts
+_SHOWN_CHARS = 64
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str | bytes) and len(value) > _SHOWN_CHARS:
+        return f"<{type(value).__name__} of {len(value)} characters>"
+    return repr(value)
+
+
+def _short_request_in_mlflows_errors() -> None:
+    """In the scoring server's process only: long strings in arrays print as their length.
+
+    The server puts the whole request into the message of an error that MLflow itself raises, such as a
+    parameter of the wrong JSON type ("Failed to predict data '<the request>'. Error: ..."); an encoded photo
+    would come back as megabytes of base64. Printing is the only thing this changes, and only there.
+    """
+    np.set_printoptions(formatter={"object": _short, "numpystr": _short})
 
 
 def _options(params: dict[str, Any] | None) -> tuple[str, int]:
@@ -216,6 +255,8 @@ class BlurMapModel(mlflow.pyfunc.PythonModel):
         from dbdgan.checkpoint import load_model_file
         from dbdgan.inference import prepare_network
 
+        if os.environ.get(_SCORING_SERVER_MODEL):
+            _short_request_in_mlflows_errors()
         self.model = prepare_network(load_model_file(context.artifacts["checkpoint"]))  # as predict runs it
         with open(context.artifacts["inference"]) as handle:
             size = json.load(handle).get("input_size")
@@ -224,7 +265,7 @@ class BlurMapModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         try:
             output, max_side = _options(params)
-            images = [_one_image(value, MAX_SERVED_PIXELS, max_side) for value in _image_values(model_input)]
+            images = decode_request(_image_values(model_input), max_side)
         except ValueError as exc:  # the request's fault: 400 with our reason
             raise ServingError(str(exc)) from None
         try:
