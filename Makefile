@@ -14,13 +14,17 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: install install-test run test lint train-real clean image image-test serve
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
-# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]`. Outputs go
-# under $(RUNS)/real/ ($(RUNS)/real-pretrained/), models to the MLflow registry as dbd-{teacher,student}-cuhk.
+# [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]
+# [EXTRA_EVAL="LABEL=[LAYOUT:[POLARITY:]]PATH ..."]`. Outputs go under $(RUNS)/real/ ($(RUNS)/real-pretrained/),
+# models to the MLflow registry as dbd-{teacher,student}-cuhk.
 # `dbdgan steps --dvc --root DIR` writes the step table (dbdgan.graph.STEPS) there as a DVC pipeline of its own
 # (dvc.yaml, the merged params.yaml, inputs.yaml) and `dvc repro` runs it: a rerun reruns only what changed.
 DATA ?= ../shared/data/cuhk-dbd
 LAYOUT ?= cuhk
 POLARITY ?=
+# Datasets the evaluate step also scores whole, never trained on (their numbers under LABEL., tagged metric.LABEL.*
+# on the registered versions): by default the SZU-BD sample of ../shared when it is there; EXTRA_EVAL= for none.
+EXTRA_EVAL ?= $(if $(wildcard ../shared/data/szu-bd-sample/gt),szu=../shared/data/szu-bd-sample)
 # ImageNet-pretrained networks by default; synthetic pre-training (PRETRAIN=1) is for the from-scratch ones
 PROFILE ?= profiles/$(if $(filter 1,$(PRETRAIN)),cuhk-cpu-scratch,cuhk-cpu).yaml
 PRETRAIN ?= 0
@@ -29,7 +33,8 @@ REAL_ROOT = $(RUNS)/$(if $(filter 1,$(PRETRAIN)),real-pretrained,real)
 REAL_ARGS = --root $(REAL_ROOT) --input $(abspath $(DATA)) --params params.yaml --params $(PROFILE) \
 	--set data.source=$(LAYOUT) $(if $(POLARITY),--set data.polarity=$(POLARITY)) \
 	--experiment dbdgan-real --teacher-name dbd-teacher-cuhk --student-name dbd-student-cuhk \
-	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml --init-from $(RUNS)/pretrain) $(EXTRA)
+	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml --init-from $(RUNS)/pretrain) \
+	$(foreach dataset,$(EXTRA_EVAL),--extra $(dataset)) $(EXTRA)
 PRETRAIN_ARGS = --root $(RUNS)/pretrain --until distill_student --experiment dbdgan-pretrain \
 	--params params.yaml --params profiles/synthetic-pretrain.yaml
 

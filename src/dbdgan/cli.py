@@ -68,7 +68,7 @@ def step_arguments(one: graph.Step, args: argparse.Namespace, root: Path | None 
     given["tracking"] = tracking_from(args)
     given["names"] = ModelNames(teacher=getattr(args, "teacher_name", ModelNames.teacher),
                                 student=getattr(args, "student_name", ModelNames.student))
-    for option in ("raw", "init", "models", "split", "layout", "polarity"):
+    for option in ("raw", "init", "models", "split", "layout", "polarity", "extra"):
         if getattr(args, option, None):
             given[option] = getattr(args, option)
     if given.get("models"):  # `evaluate --model ...` scores those; teacher and student only when named too
@@ -114,6 +114,25 @@ def _parse_models(values: list[str]) -> dict[str, str] | None:
     return models or None
 
 
+def _extra_arg(text: str) -> Any:
+    """One --extra value as an ExtraDataset; a malformed one is argparse's usage error with our reason."""
+    from dbdgan.evaluation.extra import parse_extra
+
+    try:
+        return parse_extra(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_extra_arg(p: argparse.ArgumentParser) -> None:
+    from dbdgan.evaluation.extra import SYNTAX
+
+    p.add_argument("--extra", action="append", default=[], type=_extra_arg, metavar=SYNTAX,
+                   help="a raw dataset that evaluate also scores whole, its numbers under LABEL. beside the "
+                        "main ones and its files in OUT/extra/LABEL/; LAYOUT defaults to LABEL (szu=PATH reads "
+                        "SZU-BD's release layout), POLARITY to the layout's (repeatable)")
+
+
 def _step_options(name: str, p: argparse.ArgumentParser) -> None:
     """The options of one step beyond its artifacts (how it reads them), by step name."""
     if name == "prepare":
@@ -132,6 +151,7 @@ def _step_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--layout", choices=["cuhk", "dut", "szu", "folder"],
                        help="--data is a raw dataset of this layout (all of it is scored), not a prepared folder")
         p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of a raw folder")
+        _add_extra_arg(p)
 
 
 def _add_step(add: Callable[..., argparse.ArgumentParser], one: graph.Step) -> None:
@@ -188,13 +208,15 @@ def _cmd_results(params: Params, args: argparse.Namespace) -> Any:
 
 
 def _cmd_steps(params: Params, args: argparse.Namespace) -> Any:
+    if args.extra and not (args.dvc and args.root):
+        raise ValueError("steps --extra is for a run folder's pipeline: give it with --dvc --root DIR")
     if args.dvc and args.root:
         from dbdgan.run_folder import write_run_pipeline
 
         names = ModelNames(teacher=args.teacher_name, student=args.student_name)
         path = write_run_pipeline(Path(args.root), params, raw=args.raw, tracking_uri=args.tracking_uri,
                                   experiment=args.experiment, names=names, until=args.until,
-                                  init_from=Path(args.init_from) if args.init_from else None)
+                                  init_from=Path(args.init_from) if args.init_from else None, extra=args.extra)
         print(f"wrote {path} (+ params.yaml, inputs.yaml); reproduce with: cd {args.root} && dvc repro")
         return None
     if args.dvc:
@@ -298,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=graph.STEPS[-1].name, choices=[s.name for s in graph.STEPS],
                    help="last step to run (default: all)")
     p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
+    _add_extra_arg(p)
     add_tracking_args(p)
     _add_name_args(p)
 
@@ -333,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw dataset folder for prepare (data.source layout; none for synthetic)")
     p.add_argument("--until", choices=[s.name for s in graph.STEPS], help="last step (default: all)")
     p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
+    _add_extra_arg(p)
     add_tracking_args(p)
     _add_name_args(p)
 

@@ -164,6 +164,9 @@ class DistillParams(TrainingParams):
 
 class EvaluateParams(_Section):
     split: Literal["train", "val", "test"] = "test"
+    # more splits scored beside `split`, reported under a `<split>.` prefix (val.max_f, ...): e.g. the
+    # validation split, which chose the kept epoch and so is no unbiased estimate, shown beside the test split
+    extra_splits: list[Literal["train", "val", "test"]] = []
     beta2: float = Field(0.3, gt=0.0)
     adaptive_factor: float = Field(1.5, gt=0.0)
     thresholds: int = Field(256, ge=2)
@@ -174,6 +177,13 @@ class EvaluateParams(_Section):
     onnx: bool = True  # export each model to ONNX and report onnxruntime parity and latency
     int8: bool = False  # also score static int8 ONNX copies (calibrated on training photos) and their change
     log_to_mlflow: bool = True  # attach metrics JSON and plots to the model's training run
+
+    @model_validator(mode="after")
+    def _extra_splits_differ(self) -> EvaluateParams:
+        if self.split in self.extra_splits or len(set(self.extra_splits)) < len(self.extra_splits):
+            raise ValueError(f"evaluate.extra_splits {self.extra_splits} must not repeat a split or hold "
+                             f"evaluate.split ({self.split!r})")
+        return self
 
 
 class RegisterParams(_Section):

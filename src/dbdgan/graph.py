@@ -8,8 +8,12 @@ takes its inputs and its output by their artifact names (`dataset=`, `teacher=`,
 from __future__ import annotations
 
 import copy
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from dbdgan.evaluation.extra import EXTRA_DIR
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ def producer(artifact: str) -> Step:
     return next(s for s in STEPS if s.output == artifact)
 
 
-def _stage(one: Step, code: str, init_from: str | None) -> dict[str, Any]:
+def _stage(one: Step, code: str, init_from: str | None, extra: Sequence[Any] = ()) -> dict[str, Any]:
     out = ARTIFACTS[one.output]
     args = [f"{ARTIFACTS[name].flag} {ARTIFACTS[name].path}" for name in one.inputs]
     if one.name == "prepare":
@@ -162,6 +166,9 @@ def _stage(one: Step, code: str, init_from: str | None) -> dict[str, Any]:
         init = f"{init_from.rstrip('/')}/{ARTIFACTS[one.output].path}"
         args.append(f"--init {init}")
         deps.append(init)
+    if extra and one.name == "evaluate":  # datasets scored beside the main split, outside the run folder
+        args += [f"--extra {shlex.quote(dataset.spec())}" for dataset in extra]
+        deps += [str(dataset.path) for dataset in extra]
     if accepts(one, "tracking"):
         args += ['--tracking-uri "${tracking_uri}"', '--experiment "${experiment}"']
     if accepts(one, "names"):
@@ -171,22 +178,27 @@ def _stage(one: Step, code: str, init_from: str | None) -> dict[str, Any]:
     if one.name == "prepare":
         stage["params"].append({DVC_INPUTS_FILE: [DVC_RAW_VAR]})
     stage.update(copy.deepcopy(out.dvc_outs) or {"outs": [out.path]})
+    if extra and one.name == "evaluate":
+        stage["outs"].append({f"{out.path}/{EXTRA_DIR}": _NO_CACHE})
     return {key: value for key, value in stage.items() if value != []}  # an empty section: none declared
 
 
-def dvc_stages(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None) -> dict[str, Any]:
+def dvc_stages(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None,
+               extra: Sequence[Any] = ()) -> dict[str, Any]:
     """The `stages:` of a dvc.yaml as STEPS implies them (tests compare the repository's file with this).
 
     `code`: the library folder the stages depend on; `until`: the last step; `init_from`: a run folder (relative
-    to the dvc.yaml) whose teacher and student the trainings start from.
+    to the dvc.yaml) whose teacher and student the trainings start from; `extra`: datasets (absolute
+    `dbdgan.evaluation.extra.ExtraDataset`s) that evaluate scores beside the main split, into metrics/extra/.
     """
     chain = steps_until(until) if until else STEPS
-    return {one.name: _stage(one, code, init_from) for one in chain}
+    return {one.name: _stage(one, code, init_from, extra) for one in chain}
 
 
-def dvc_file(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None) -> dict[str, Any]:
+def dvc_file(code: str = DVC_CODE, until: str | None = None, init_from: str | None = None,
+             extra: Sequence[Any] = ()) -> dict[str, Any]:
     """A whole dvc.yaml: variables from inputs.yaml, the stages, and the plots when evaluate is among them."""
-    stages = dvc_stages(code, until, init_from)
+    stages = dvc_stages(code, until, init_from, extra)
     tree: dict[str, Any] = {"vars": [DVC_INPUTS_FILE], "stages": stages}
     if "evaluate" in stages:
         tree["plots"] = copy.deepcopy(DVC_PLOTS)

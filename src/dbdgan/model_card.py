@@ -18,6 +18,9 @@ from dbdgan.lineage import Lineage
 KEY_METRICS = (("infocus_max_f", "in-focus max-F", "higher"), ("max_f", "blurred max-F", "higher"),
                ("mae", "MAE", "lower"), ("infocus_mean_f", "in-focus mean F", "higher"))
 BASELINE_NAMES = {"baseline_laplacian": "Laplacian-energy sharpness map", "baseline_all_blurred": "all-blurred map"}
+# What a split scored beside the main one is (evaluate.extra_splits); any other label is an extra dataset
+_SPLIT_NOTES = {"train": "the training split: seen in training", "test": "the test split",
+                "val": "the validation split: it chose the kept epoch (and the recipe), so it flatters"}
 _LIMITS = {
     "synthetic": "Trained on generated defocus scenes only: the pipeline's smoke-test model. It has not seen real "
                  "photos and is not meant for them.",
@@ -88,6 +91,20 @@ def _against_champion(facts: CardFacts, key: str, digits: int = 3) -> str:
     return f" (champion v{facts.champion['version']}: {theirs:.{digits}f}, {facts.metrics[key] - theirs:+.{digits}f})"
 
 
+def beside_sets(metrics: dict[str, Any]) -> list[str]:
+    """Labels of the sets the evaluate step scored beside the main split (each has `<label>.n_images`):
+    splits first, then extra datasets."""
+    labels = {key.removesuffix(".n_images") for key in metrics if key.endswith(".n_images") and key.count(".") == 1}
+    return sorted(labels, key=lambda label: (label not in _SPLIT_NOTES, label))
+
+
+def _beside_note(facts: CardFacts, label: str) -> str:
+    images = int(facts.metrics[f"{label}.n_images"])
+    if label in _SPLIT_NOTES:
+        return f"{_SPLIT_NOTES[label]} ({images} images)"
+    return f"dataset {label!r}, scored whole ({images} images; not the training data)"
+
+
 def description(facts: CardFacts) -> str:
     """The registered version's description: data, networks, key metrics beside the champion's."""
     counts = split_counts(facts.manifest)
@@ -105,6 +122,10 @@ def description(facts: CardFacts) -> str:
         lines.append(f"- CPU latency {latency:.1f} ms (batch 1){compared}")
     if not facts.champion and facts.role == "student":  # teachers are registered, never promoted
         lines.append("No champion yet: the gate compares against its floors.")
+    for label in beside_sets(facts.metrics):
+        m = facts.metrics
+        lines.append(f"Beside it, {_beside_note(facts, label)}: in-focus max-F "
+                     f"{_num(m.get(label + '.infocus_max_f'))}, MAE {_num(m.get(label + '.mae'))}.")
     for name, label in BASELINE_NAMES.items():
         if name in facts.baselines:
             b = facts.baselines[name]
@@ -129,6 +150,20 @@ def _metrics_table(facts: CardFacts) -> list[str]:
     return rows
 
 
+def _beside_table(facts: CardFacts) -> list[str]:
+    """The sets scored beside the main split, with the same protocol (none: no lines)."""
+    labels = beside_sets(facts.metrics)
+    if not labels:
+        return []
+    keys = KEY_METRICS[:3]
+    rows = ["", f"Beside the {facts.protocol.get('split', '?')} split, under the same protocol:", "",
+            "| set | " + " | ".join(label for _, label, _ in keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for label in labels:
+        cells = [_num(facts.metrics.get(f"{label}.{key}")) for key, _, _ in keys]
+        rows.append(f"| {label}: {_beside_note(facts, label)} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def model_card(facts: CardFacts) -> str:
     """Markdown: intended use, training data and its hash, metrics with baselines, efficiency, limitations."""
     counts = split_counts(facts.manifest)
@@ -142,6 +177,7 @@ def model_card(facts: CardFacts) -> str:
                   f"- onnxruntime latency, batch 1: {_num(m.get('onnx.ort_latency_ms'), '.1f')} ms "
                   f"(max |logit difference| to PyTorch {_num(m.get('onnx.max_abs_diff'), '.1e')})"]
     limits = _LIMITS.get(facts.data_source, f"Trained on {facts.data_source!r} data only; untested elsewhere.")
+    others = [label for label in beside_sets(m) if label not in _SPLIT_NOTES]
     return "\n".join([
         f"# Model card: {facts.name} ({facts.role})",
         "",
@@ -163,14 +199,16 @@ def model_card(facts: CardFacts) -> str:
         f"## Metrics ({facts.protocol.get('split', '?')} split, F-beta with beta^2 = "
         f"{facts.protocol.get('beta2', '?')})",
         *_metrics_table(facts),
+        *_beside_table(facts),
         "",
         "## Efficiency",
         *efficiency,
         "",
         "## Limitations",
         limits,
-        f"The metrics come from the {facts.protocol.get('split', '?')} split of the same dataset, not from an "
-        "independent benchmark; published evaluators differ in thresholds, resolution and polarity, so compare "
-        "numbers only under this protocol.",
+        f"The headline metrics come from the {facts.protocol.get('split', '?')} split of the same dataset"
+        + (f" (those of {', '.join(others)} from other photos)" if others else ", not from an independent benchmark")
+        + "; published evaluators differ in thresholds, resolution and polarity, so compare numbers only under "
+        "this protocol.",
         "",
     ])

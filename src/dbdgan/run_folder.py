@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +21,7 @@ import yaml
 
 from dbdgan import graph
 from dbdgan.config import Params
+from dbdgan.evaluation.extra import ExtraDataset
 from dbdgan.io_utils import atomic_write_text
 from dbdgan.tracking import LOCAL_STORE, ModelNames
 
@@ -51,12 +54,18 @@ def stage_tracking_uri(uri: str | None) -> str:
 
 def write_run_pipeline(root: Path, params: Params, *, raw: Path | None = None, tracking_uri: str | None = None,
                        experiment: str = graph.DVC_VARS["experiment"], names: ModelNames = ModelNames(),
-                       until: str | None = None, init_from: Path | None = None) -> Path:
+                       until: str | None = None, init_from: Path | None = None,
+                       extra: Sequence[ExtraDataset] = ()) -> Path:
     """Write dvc.yaml, params.yaml and inputs.yaml into `root`; returns the dvc.yaml path.
 
     The run folder is its own DVC project, so what lies outside it is named by absolute path (DVC external
-    dependencies): the installed library and `init_from` (a pre-training run folder).
+    dependencies): the installed library, `init_from` (a pre-training run folder) and the `extra` datasets
+    that evaluate scores beside the main split (`make train-real EXTRA_EVAL=szu=PATH`).
     """
+    extra = [replace(dataset, path=Path(os.path.abspath(dataset.path))) for dataset in extra]
+    missing = [dataset.spec() for dataset in extra if not dataset.path.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"extra dataset folder(s) not found: {', '.join(missing)}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     code = str(Path(graph.__file__).resolve().parent)
@@ -69,5 +78,6 @@ def write_run_pipeline(root: Path, params: Params, *, raw: Path | None = None, t
                       header + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=120))
     atomic_write_text(root / graph.DVC_INPUTS_FILE, header + yaml.safe_dump(variables, sort_keys=False, width=120))
     dvc_yaml = root / "dvc.yaml"
-    atomic_write_text(dvc_yaml, header + graph.dvc_yaml_text(graph.dvc_file(code, until=until, init_from=init)))
+    atomic_write_text(dvc_yaml, header + graph.dvc_yaml_text(graph.dvc_file(code, until=until, init_from=init,
+                                                                            extra=extra)))
     return dvc_yaml

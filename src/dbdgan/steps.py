@@ -8,13 +8,17 @@ Each takes its hyperparameters (`params`), its inputs and its output by their ar
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbdgan.config import Params
 from dbdgan.io_utils import atomic_write_json
 from dbdgan.tracking import ModelNames, Tracking
+
+if TYPE_CHECKING:
+    from dbdgan.evaluation.extra import ExtraDataset
 
 
 def prepare(params: Params, out: Path, raw: Path | None = None) -> Path:
@@ -58,32 +62,51 @@ def distill_student(params: Params, dataset: Path, teacher: Path, out: Path, che
                init=Path(init) if init else None)
 
 
+@contextmanager
+def _raw_as_prepared(params: Params, layout: str, folder: Path, polarity: str | None) -> Iterator[Path]:
+    """A raw dataset folder read through prepare's readers (masks normalised to 1 = blurred) into a temporary
+    prepared folder, every image in its test split: how evaluate scores a dataset whole."""
+    from dbdgan.data.prepare import prepare_dataset
+
+    with tempfile.TemporaryDirectory(prefix="dbdgan-eval-") as tmp:
+        prepared = Path(tmp) / "prepared"
+        prepare_dataset(layout, prepared, input_dir=Path(folder), polarity=polarity, seed=params.seed,
+                        split={"test": 1.0}, synthetic=None, max_pixels=params.data.max_pixels)
+        yield prepared
+
+
 def evaluate(params: Params, dataset: Path, out: Path, teacher: str | Path | None = None,
              student: str | Path | None = None, models: Mapping[str, str | Path] | None = None,
              tracking: Tracking = Tracking(), split: str | None = None, layout: str | None = None,
-             polarity: str | None = None) -> dict[str, dict[str, Any]]:
+             polarity: str | None = None, extra: Sequence[ExtraDataset] = ()) -> dict[str, dict[str, Any]]:
     """Accuracy, efficiency and ONNX parity of each model (file or MLflow URI) on a split of `dataset`.
 
     `teacher`, `student` and `models` (name -> file or URI) together name the models. With `layout` (cuhk,
     dut, szu, folder), `dataset` is a raw dataset folder: it is read through the same readers as `prepare`
-    (polarity normalised) into a temporary folder and every image is scored.
+    (polarity normalised) into a temporary folder and every image is scored. The splits of
+    evaluate.extra_splits (of a prepared `dataset`) and each `extra` dataset (read the same way) are scored
+    beside it: their numbers go under `<label>.` in each model's details, an extra dataset's files under
+    `out/extra/<label>/`.
     """
-    from dbdgan.evaluation.report import evaluate_files
+    from dbdgan.evaluation.extra import EXTRA_DIR
+    from dbdgan.evaluation.report import Beside, evaluate_files
 
     named = {**({"teacher": teacher} if teacher else {}), **({"student": student} if student else {}),
              **dict(models or {})}
     if not named:
         raise ValueError("evaluate: no models given")
-    if layout is None:
-        return evaluate_files(named, Path(dataset), Path(out), split=split or params.evaluate.split,
-                              params=params, tracking=tracking)
-    from dbdgan.data.prepare import prepare_dataset
-
-    with tempfile.TemporaryDirectory(prefix="dbdgan-eval-") as tmp:
-        prepared = Path(tmp) / "prepared"
-        prepare_dataset(layout, prepared, input_dir=Path(dataset), polarity=polarity, seed=params.seed,
-                        split={"test": 1.0}, synthetic=None, max_pixels=params.data.max_pixels)
-        return evaluate_files(named, prepared, Path(out), split="test", params=params, tracking=tracking)
+    with ExitStack() as stack:
+        if layout is None:
+            split = split or params.evaluate.split
+            beside = [Beside(name, Path(dataset), name) for name in params.evaluate.extra_splits if name != split]
+        else:
+            dataset, split = stack.enter_context(_raw_as_prepared(params, layout, Path(dataset), polarity)), "test"
+            beside = []  # a raw folder has no splits: evaluate.extra_splits do not apply
+        for one in extra:
+            prepared = stack.enter_context(_raw_as_prepared(params, one.layout, one.path, one.polarity))
+            beside.append(Beside(one.label, prepared, "test", Path(out) / EXTRA_DIR / one.label))
+        return evaluate_files(named, Path(dataset), Path(out), split=split, params=params, tracking=tracking,
+                              beside=beside)
 
 
 def register(params: Params, dataset: Path, teacher: Path, student: Path, scores: Path, out: Path,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from dbdgan.data.imageio import load_rgb
 from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
 from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models, read_split
+from dbdgan.evaluation.extra import EXTRA_DIR
 from dbdgan.evaluation.onnx_export import (
     CALIBRATION_IMAGES,
     OnnxModel,
@@ -31,6 +35,18 @@ from dbdgan.tracking import Tracking, configure
 log = logging.getLogger(__name__)
 
 BASELINES: dict[str, type[nn.Module]] = {"baseline_all_blurred": AllBlurred, "baseline_laplacian": LaplacianSharpness}
+
+
+@dataclass(frozen=True)
+class Beside:
+    """Samples scored beside the main split, with the same models and protocol: another split of the same
+    prepared folder, or an extra dataset prepared whole. Their numbers go under `<label>.` in each model's
+    details (so the registry tags them `metric.<label>.*`); their files to `out_dir` (None: numbers only)."""
+
+    label: str
+    data_dir: Path
+    split: str
+    out_dir: Path | None = None
 
 
 def _onnx_parity(model: nn.Module, path: Path, size: int, input_size: InputSize) -> dict[str, float]:
@@ -63,7 +79,8 @@ def _int8_models(models: dict[str, nn.Module], sizes: dict[str, InputSize], data
     return quantised
 
 
-def _log_to_training_run(params: Params, tracking: Tracking, source: str | Path, out_dir: Path, name: str) -> None:
+def _log_to_training_run(params: Params, tracking: Tracking, source: str | Path, out_dir: Path, name: str,
+                         beside: Sequence[Beside] = ()) -> None:
     """Attach the evaluation to the MLflow run that trained the model, when that run is in this store."""
     if is_model_uri(str(source)):
         return
@@ -81,18 +98,39 @@ def _log_to_training_run(params: Params, tracking: Tracking, source: str | Path,
     except MlflowException:
         log.info("training run %s of %s is not in this tracking store; evaluation not attached", run_id, source)
         return
-    for path in score_files(out_dir, name):
+    files = [*score_files(out_dir, name),
+             *(path for one in beside if one.out_dir for path in score_files(one.out_dir, name))]
+    for path in files:
         client.log_artifact(run_id, str(path), artifact_path=str(Path("evaluation") / path.parent.relative_to(out_dir)))
     for png in ("curves.png", "grid.png"):
         if (out_dir / "plots" / png).is_file():
             client.log_artifact(run_id, str(out_dir / "plots" / png), artifact_path="evaluation")
 
 
+def _score_beside(models: dict[str, nn.Module], sizes: dict[str, InputSize], results: dict[str, dict[str, Any]],
+                  beside: Sequence[Beside], params: Params) -> None:
+    """Score `models` on each of `beside` and put the numbers (settings left out) under its label in `results`."""
+    ev = params.evaluate
+    for one in beside:
+        clash = sorted(name for name, row in results.items() if one.label in row)
+        if clash:
+            raise ValueError(f"label {one.label!r} of a set scored beside {ev.split!r} is already a key of the "
+                             f"scores of {clash}: choose another")
+        with tempfile.TemporaryDirectory(prefix="dbdgan-beside-") as tmp:
+            scored = evaluate_models(models, one.data_dir, one.split, one.out_dir or Path(tmp), beta2=ev.beta2,
+                                     adaptive_factor=ev.adaptive_factor, thresholds=ev.thresholds,
+                                     grid_samples=ev.grid_samples, flip_tta=ev.flip_tta, input_size=sizes,
+                                     max_pixels=params.data.max_pixels)
+        for name, row in scored.items():
+            results[name][one.label] = {key: value for key, value in row.items() if key != "settings"}
+
+
 def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: Path, split: str,
-                   params: Params, tracking: Tracking) -> dict[str, dict[str, Any]]:
+                   params: Params, tracking: Tracking, beside: Sequence[Beside] = ()) -> dict[str, dict[str, Any]]:
     """Score each model (file or MLflow URI) and the two baselines on `split`; add efficiency and ONNX parity.
 
     Each network runs at the input size stored with it (its model file or registered model): one source.
+    Each of `beside` is scored with the same models and settings (see Beside).
     """
     ev = params.evaluate
     loaded = {name: load_predictor(source, tracking.resolved_uri) for name, source in model_files.items()}
@@ -102,6 +140,7 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
     # when it stays empty (evaluate.onnx and int8 off), since the step table declares it as an output.
     shutil.rmtree(out_dir / "onnx", ignore_errors=True)
     (out_dir / "onnx").mkdir(parents=True)
+    shutil.rmtree(out_dir / EXTRA_DIR, ignore_errors=True)  # nor an extra dataset that this one does not score
     quantised = (_int8_models(models, {name: item.input_size for name, item in loaded.items()}, data_dir, out_dir)
                  if ev.int8 else {})
     # Networks see images at the size they were trained on; the baselines work at native resolution.
@@ -110,6 +149,10 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
                               adaptive_factor=ev.adaptive_factor, thresholds=ev.thresholds,
                               grid_samples=ev.grid_samples, flip_tta=ev.flip_tta, input_size=sizes,
                               max_pixels=params.data.max_pixels)
+    if beside:
+        _score_beside({**models, **quantised, **baselines}, sizes, results, beside, params)
+        for name in [*quantised, *baselines]:  # the networks' files are written below, with their efficiency
+            write_scores(out_dir, name, results[name])
     for name, model in models.items():
         results[name]["efficiency"] = model_efficiency(model, size=ev.efficiency_size, runs=ev.efficiency_runs,
                                                        throughput_runs=max(1, ev.efficiency_runs // 2))
@@ -122,5 +165,5 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
                                            for key in ("max_f", "mae", "infocus_max_f")}
         write_scores(out_dir, name, results[name])
         if ev.log_to_mlflow:
-            _log_to_training_run(params, tracking, model_files[name], out_dir, name)
+            _log_to_training_run(params, tracking, model_files[name], out_dir, name, beside)
     return results
