@@ -22,6 +22,7 @@ from dbdgan.config import load_params
 from dbdgan.evaluation.extra import ExtraDataset, parse_extra
 from dbdgan.evaluation.scores import HEADLINE
 from dbdgan.models import create_model
+from dbdgan.results import results_text
 from dbdgan.run_folder import write_run_pipeline
 from dbdgan.tracking import configure
 
@@ -117,6 +118,18 @@ def test_registered_versions_carry_the_numbers_and_the_gate_decides_on_the_test_
     assert (f"| szu: dataset 'szu', scored whole (50 images; not the training data) | "
             f"{results['student']['szu']['infocus_max_f']:.3f} |") in card
     assert "(those of szu from other photos)" in card
+
+
+def test_results_show_them_beside_the_main_table(scored):
+    text = results_text(scored["root"])
+    val_images = scored["results"]["student"]["val"]["n_images"]
+    assert f"Beside it, the val split ({val_images} images):" in text
+    assert (f"Beside it, dataset szu, scored whole, plots in {scored['root'] / 'metrics' / 'extra' / 'szu'} "
+            "(50 images):") in text
+    student_rows = [line.split() for line in text.splitlines() if line.strip().startswith("student")]
+    szu = scored["results"]["student"]["szu"]
+    assert ["student", f"{szu['infocus_max_f']:.3f}", f"{szu['max_f']:.3f}", f"{szu['mae']:.3f}"] in student_rows
+    assert text.index("val split") < text.index("dataset szu")  # splits first
 
 
 def test_a_later_evaluation_without_them_leaves_no_stale_numbers(scored, tmp_path):

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from dbdgan import graph
+from dbdgan.evaluation.extra import EXTRA_DIR
 from dbdgan.evaluation.scores import DETAILS, read_scores
 from dbdgan.redact import redact
 from dbdgan.tracking import Tracking
 
 ROWS = ("teacher", "student", "baseline_laplacian", "baseline_all_blurred")
+_SPLITS = ("train", "val", "test")
 _HEADER = ("model", "in-focus max-F", "blurred max-F", "MAE", "params (M)", "latency b1 (ms)")
 
 
@@ -50,6 +52,25 @@ def metrics_rows(metrics_dir: Path) -> list[tuple[str, ...]]:
         rows.append((name.replace("_", " "), _cell(data.get("infocus_max_f"), ".3f"), _cell(data.get("max_f"), ".3f"),
                      _cell(data.get("mae"), ".3f"), _cell(params / 1e6 if params else None, ".2f"),
                      _cell(efficiency.get("latency_ms_b1"), ".1f")))
+    return rows
+
+
+def beside_sets(metrics_dir: Path) -> dict[str, int]:
+    """The sets the evaluate step scored beside the main split (evaluate.extra_splits, --extra datasets) and
+    their image counts: splits first."""
+    data = _scores(metrics_dir, "student") or _scores(metrics_dir, "teacher") or {}
+    found = {key: value["n_images"] for key, value in data.items()
+             if isinstance(value, dict) and {"n_images", "mae"} <= set(value)}
+    return dict(sorted(found.items(), key=lambda item: (item[0] not in _SPLITS, item[0])))
+
+
+def beside_rows(metrics_dir: Path, label: str) -> list[tuple[str, ...]]:
+    """One row per model scored on the set `label`: name, in-focus max-F, max-F, MAE."""
+    rows = []
+    for name in ROWS:
+        data = (_scores(metrics_dir, name) or {}).get(label)
+        if isinstance(data, dict):
+            rows.append((name.replace("_", " "), *(_cell(data.get(key), ".3f") for key, _ in _COMPARED)))
     return rows
 
 
@@ -143,6 +164,12 @@ def results_text(root: Path, params: Any = None) -> str:
     lines = [_title(metrics_dir, params)]
     lines += ["  " + text for text in table(rows).splitlines()] if rows else [
         f"  no metrics in {metrics_dir} yet (run the evaluate step)"]
+    for label, images in beside_sets(metrics_dir).items():
+        files = metrics_dir / EXTRA_DIR / label
+        what = f"the {label} split" if label in _SPLITS else f"dataset {label}, scored whole, plots in {files}"
+        lines.append(f"  Beside it, {what} ({images} images):")
+        lines += ["    " + text for text in table(beside_rows(metrics_dir, label),
+                                                   ("model", *(title for _, title in _COMPARED))).splitlines()]
     lines += ["  (in-focus max-F: F-beta with the in-focus pixels as positives; latency: CPU, batch 1, at "
               "evaluate.efficiency_size)" if rows else "",
               f"  plots:      {plots / 'curves.png'} (PR, F vs threshold), {plots / 'grid.png'} (maps: white = "
