@@ -104,6 +104,7 @@ def test_results_names_the_run_and_its_registered_models(capsys, tmp_path, monke
     assert code == 0
     out = capsys.readouterr().out
     model = load_params(files).model
-    assert out.startswith(f"Results ({model.teacher} -> {model.student} on cuhk data, val split):")
+    # the CUHK profile scores the test split (val, which chose the kept epoch, beside it)
+    assert out.startswith(f"Results ({model.teacher} -> {model.student} on cuhk data, test split):")
     assert f"{tmp_path}/metrics/<model>.json" in out and "no metrics in" in out
     assert "student: models:/dbd-student-cuhk/3 (alias challenger; gate: promoted)" in out
