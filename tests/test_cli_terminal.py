@@ -46,7 +46,7 @@ def test_model_commands_work_outside_the_repository_without_a_params_file(outsid
     assert main(["model-info", "--model", str(student_file), "--size", "48", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == str(student_file) and 50_000 < info["params"] < 200_000
-    assert main(["export-onnx", "--model", str(student_file), "--out", "s.onnx", "--size", "48"]) == 0
+    assert main(["export-onnx", "--model", str(student_file), "--out", "s.onnx", "--size", "48", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["max_abs_diff"] < 1e-4 and (outside / "s.onnx").is_file()
     photos = outside / "photos"
     photos.mkdir()
@@ -59,9 +59,10 @@ def test_model_commands_work_outside_the_repository_without_a_params_file(outsid
     assert "params file not found: params.yaml" in capsys.readouterr().err
 
 
-def test_export_onnx_int8_is_calibrated_on_a_photo_folder(outside, student_file, capsys):
-    """`--int8 PHOTOS` writes a static (QDQ) int8 file calibrated on that folder; a folder with no photos fails
-    before anything is written."""
+def test_export_onnx_int8_is_calibrated_on_a_photo_folder(outside, student_file, capsys, caplog):
+    """`--int8 PHOTOS --out X` writes the static (QDQ) int8 file to X, calibrated on that folder, says how far its
+    maps are from the float model's there and warns when the folder has fewer photos than the calibration
+    takes; a folder with no photos fails before anything is written."""
     import onnx
 
     photos = outside / "calibration"
@@ -69,12 +70,20 @@ def test_export_onnx_int8_is_calibrated_on_a_photo_folder(outside, student_file,
     rng = np.random.default_rng(1)
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
-    assert main(["export-onnx", "--model", str(student_file), "--out", "s.onnx", "--size", "48",
-                 "--int8", str(photos)]) == 0
+    assert main(["export-onnx", "--model", str(student_file), "--out", "s_int8.onnx", "--size", "48",
+                 "--int8", str(photos), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["int8_calibration_images"] == 3
-    ops = {node.op_type for node in onnx.load(result["onnx_int8"]).graph.node}
+    assert result["onnx_int8"] == str(outside / "s_int8.onnx") and result["int8_calibration_images"] == 3
+    assert sorted(p.name for p in outside.glob("*.onnx")) == ["s_int8.onnx"]  # the float file stayed scratch
+    ops = {node.op_type for node in onnx.load("s_int8.onnx").graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    agreement = result["int8_vs_float_on_calibration_photos"]
+    assert agreement["images"] == 3 and 0.0 <= agreement["map_mae"] < 0.1 and agreement["agreement_at_0_5"] > 0.8
+    assert "3 photos, fewer than the 32 the calibration uses" in caplog.text
+    assert main(["export-onnx", "--model", str(student_file), "--out", "q.onnx", "--size", "48",
+                 "--int8", str(photos)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith(f"wrote {outside / 'q.onnx'} (static int8, calibrated on 3 photos)")
     (outside / "empty").mkdir()
     assert main(["export-onnx", "--model", str(student_file), "--out", "t.onnx", "--int8", "empty"]) == 1
     assert "--int8 empty" in capsys.readouterr().err
@@ -94,11 +103,13 @@ def test_export_onnx_takes_a_registry_uri(outside, tmp_path, capsys):
     params, models, _, manifest, tracking = make_workspace(tmp_path / "store")
     result = register_models(params, models, ModelNames(), tmp_path / "store" / "metrics", manifest, tracking)
     assert result["student"]["gate"]["result"] == "promoted"
+    capsys.readouterr()  # what registering printed
     code = main(["export-onnx", "--model", "models:/dbd-student@champion", "--tracking-uri", tracking.resolved_uri,
-                 "--out", "champion.onnx", "--size", "48"])
+                 "--out", "champion.onnx", "--size", "48", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert json.loads(captured.out)["max_abs_diff"] < 1e-4
+    assert "Downloading artifacts" not in captured.err and "TracerWarning" not in captured.err  # quiet (issue 26)
     sample = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     expected = load_model_file(models["student"])(sample).detach().numpy()
     session = ort.InferenceSession(str(outside / "champion.onnx"), providers=["CPUExecutionProvider"])

@@ -156,7 +156,7 @@ def test_cli_predict_exit_status_says_whether_anything_failed(tmp_path, model_fi
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
     args = _parser().parse_args(["predict", str(good), str(bad), "--model", str(model_file), "-o",
-                                 str(tmp_path / "o"), "--no-progress", "--input-size", "native"])
+                                 str(tmp_path / "o"), "--no-progress", "--input-size", "native", "--json"])
     with pytest.raises(PredictionFailed, match="1 of 2 inputs failed: .*bad.jpg"):
         args.handler(params, args)
     printed = json.loads(capsys.readouterr().out)
@@ -174,3 +174,16 @@ def test_cli_predict_uses_the_size_stored_in_a_model_file(tmp_path):
                                  "--no-progress"])
     result = args.handler(load_params(args.params), args)
     assert result["written"] == 1 and result["input_size"] == 40
+
+
+def test_cli_predict_prints_one_summary_line_unless_json(tmp_path, model_file, capsys):
+    """Issue 26: 30-60 lines of JSON per run became one line; --json keeps every detail."""
+    from dbdgan.cli import main
+
+    good = save(tmp_path / "good.png", Image.fromarray(photo(20, 20)))
+    assert main(["predict", str(good), "--model", str(model_file), "-o", str(tmp_path / "o"), "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"wrote blur maps and overlays of 1 of 1 inputs to {tmp_path / 'o'} in ")
+    assert main(["predict", str(good), "--model", str(model_file), "-o", str(tmp_path / "o"), "--no-progress",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 1

@@ -21,6 +21,7 @@ from dbdgan.promotion import (
     LOCK_SUFFIX,
     PREVIOUS,
     GateParams,
+    GateRefused,
     champion_history,
     evaluate_gate,
     gate_params,
@@ -156,8 +157,14 @@ def test_manual_promote_and_rollback(client):
         promote(NAME, v2, reason="  ")
     with pytest.raises(ValueError, match="no version 99"):
         promote(NAME, 99, reason="typo")
-    done = promote(NAME, v2, reason="field tests on phones", user="alice")
-    assert champion(client) == v2 and done["gate_would_pass"] is False
+    # v2 (max-F 0.6) fails the gate against v1: refused, saying why, unless forced
+    with pytest.raises(GateRefused, match=rf"{NAME} version {v2} fails the promotion gate \(max_f 0.6000 vs "
+                                          r"champion 0.8000: below by more than margin .*\); promote it anyway "
+                                          r"with --force"):
+        promote(NAME, v2, reason="field tests on phones", user="alice")
+    assert champion(client) == v1
+    done = promote(NAME, v2, reason="field tests on phones", user="alice", force=True)
+    assert champion(client) == v2 and done["gate_would_pass"] is False and done["forced"] is True
     record = decision(client, v2)
     assert record["action"] == "manual-promote" and record["user"] == "alice"
     assert record["reason"] == "field tests on phones" and record["champion_before"] == v1
@@ -259,3 +266,26 @@ def test_racing_registrations_both_become_versions_and_one_champion(tmp_path, mo
     for v in versions.values():
         assert decision(client, v)["action"] == "gate"
     assert NAME + LOCK_SUFFIX not in [m.name for m in client.search_registered_models()]
+
+
+def test_cli_promote_refuses_a_gate_failing_version_without_force_and_prints_one_line(client, capsys):
+    """Issue 26: the only sign used to be `"gate_would_pass": false` inside 60 lines of JSON."""
+    from dbdgan.cli import main
+
+    v1, v2 = add_version(client, max_f=0.8), add_version(client, max_f=0.6)
+    promote(NAME, v1, reason="first")
+    command = ["promote", "--model", NAME, "--version", str(v2), "--reason", "phones",
+               "--params", str(TESTS.parent / "params.yaml")]
+    assert main(command) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fails the promotion gate (max_f 0.6000 vs champion 0.8000" in err[0]
+    assert err[0].endswith("promote it anyway with --force (the verdict is recorded beside your reason)")
+    assert champion(client) == v1
+    assert main([*command, "--force"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"{NAME} version {v2} is champion (manual-promote; before: version {v1}); forced past the gate: "
+                   f"max_f 0.6000 vs champion 0.8000: below by more than margin "
+                   f"{gate_params(tiny_params().register).max_f_margin:g}"]
+    assert main(["promote", "--model", NAME, "--rollback", "--json", "--params", command[-1]]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["version"] == v1 and record["action"] == "rollback"

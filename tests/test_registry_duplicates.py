@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def _versions(client: MlflowClient, name: str) -> list[int]:
     return sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
 
 
-def test_a_student_only_experiment_leaves_the_teachers_version_count_unchanged(tmp_path, caplog):
+def test_a_student_only_experiment_leaves_the_teachers_version_count_unchanged(tmp_path, caplog, capfd):
     params = load_params(REPO / "params.yaml", ["register.service_timeout_s=10"])
     tracking = Tracking(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts"))
     torch.manual_seed(0)
@@ -51,8 +52,13 @@ def test_a_student_only_experiment_leaves_the_teachers_version_count_unchanged(t
     metrics = tmp_path / "metrics"
     _scores(metrics, "teacher", 0.85, latency_ms=30.0)
     _scores(metrics, "student", 0.80, latency_ms=8.0)
-    first = register_models(params, {"teacher": teacher, "student": _student(tmp_path / "s1.pt", 1)}, NAMES,
-                            metrics, manifest, tracking)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = register_models(params, {"teacher": teacher, "student": _student(tmp_path / "s1.pt", 1)}, NAMES,
+                                metrics, manifest, tracking)
+    # quiet: no advice about type hints the explicit signature makes moot, no download bar (issue 26)
+    assert not [w for w in caught if "Add type hints" in str(w.message)]
+    assert "Downloading artifacts" not in capfd.readouterr().err
     # the experiment: a new student; the unchanged teacher re-evaluated on a busier machine (its timing moved)
     _scores(metrics, "teacher", 0.85, latency_ms=95.0)
     _scores(metrics, "student", 0.81, latency_ms=9.0)

@@ -264,9 +264,20 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
 
 
 def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
+    """The float ONNX file at --out; with --int8 PHOTOS, the static int8 one there instead (the float one it was
+    quantised from in a scratch folder), with how far its maps are from the float model's on those photos."""
+    import tempfile
+
     import torch
 
-    from dbdgan.evaluation.onnx_export import calibration_from_files, check_onnx, export_onnx, quantize_onnx
+    from dbdgan.evaluation.onnx_export import (
+        CALIBRATION_IMAGES,
+        calibration_from_files,
+        check_onnx,
+        export_onnx,
+        int8_agreement,
+        quantize_onnx,
+    )
     from dbdgan.predict import image_files
 
     calibration_photos: list[Path] = []
@@ -274,16 +285,38 @@ def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
         calibration_photos = image_files([args.int8])[0]
         if not calibration_photos:
             raise ValueError(f"--int8 {args.int8}: not a folder or file of photos to calibrate on")
+        if len(calibration_photos) < CALIBRATION_IMAGES:
+            logging.getLogger(__name__).warning(
+                "--int8 %s: %d photos, fewer than the %d the calibration uses; the int8 activation ranges may not "
+                "cover the photos the model will see", args.int8, len(calibration_photos), CALIBRATION_IMAGES)
     loaded = _load_predictor(params, args, args.model)
     model = loaded.model
-    out = export_onnx(model, args.out, opset=args.opset)
     sample = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(params.seed))
-    result: dict[str, Any] = {"onnx": str(out), **check_onnx(model, out, sample)}
-    if calibration_photos:
+    if not calibration_photos:
+        out = export_onnx(model, args.out, opset=args.opset)
+        return {"onnx": str(out), **check_onnx(model, out, sample)}
+    with tempfile.TemporaryDirectory(prefix="dbdgan-onnx-") as tmp:
+        float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)
+        parity = check_onnx(model, float_path, sample)
         calibration = calibration_from_files(calibration_photos, loaded.input_size)
-        result["onnx_int8"] = str(quantize_onnx(out, Path(out).with_suffix(".int8.onnx"), calibration))
-        result["int8_calibration_images"] = len(calibration)
-    return result
+        out = quantize_onnx(float_path, args.out, calibration)
+        agreement = int8_agreement(float_path, out, calibration)
+    return {"onnx_int8": str(out), "int8_calibration_images": len(calibration),
+            "int8_vs_float_on_calibration_photos": agreement, "float_parity": parity}
+
+
+def _export_line(result: dict[str, Any]) -> str:
+    """What `dbdgan export-onnx` prints without --json."""
+    from dbdgan import runtime_policy
+
+    if "onnx_int8" in result:
+        agree = result["int8_vs_float_on_calibration_photos"]
+        return (f"wrote {result['onnx_int8']} (static int8, calibrated on {result['int8_calibration_images']} photos); "
+                f"against the float model on them: map MAE {agree['map_mae']:.4f}, "
+                f"{agree['agreement_at_0_5']:.1%} of pixels on the same side of 0.5")
+    return (f"wrote {result['onnx']}: logits within {result['max_abs_diff']:.2g} of PyTorch; onnxruntime "
+            f"{result['ort_latency_ms']:.1f} ms, PyTorch {result['torch_latency_ms']:.1f} ms per image "
+            f"(OMP_WAIT_POLICY {runtime_policy.omp_wait_policy()}, {runtime_policy.allocator()})")
 
 
 class _Version(argparse.Action):
@@ -332,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--size", type=int, default=320, help="sample size for the PyTorch/onnxruntime comparison")
     p.add_argument("--int8", type=Path, metavar="PHOTOS",
-                   help="also write a static int8 model (<out>.int8.onnx) calibrated on the first 32 photos of "
-                        "this folder (photos like the model's training data)")
+                   help="write a static int8 model to --out instead of the float one, calibrated on the first 32 "
+                        "photos of this folder (photos like the model's training data), and report how far its "
+                        "maps are from the float model's on them")
+    p.add_argument("--json", action="store_true", help="print the checks and timings as JSON, not one line")
+    p.set_defaults(summary_line=_export_line)
 
     from dbdgan.cli_models import add_commands
 
@@ -416,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure is one line (and a traceback with -v)
         return report(f"dbdgan {args.command}", exc, args.verbose)
     if result is not None:
-        print(redact(json.dumps(result, indent=2, default=str)))
+        line = getattr(args, "summary_line", None)  # commands with a one-line summary; --json: every detail
+        print(redact(line(result) if line and not getattr(args, "json", False)
+                     else json.dumps(result, indent=2, default=str)))
     return 0
 
 

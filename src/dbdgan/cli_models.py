@@ -63,10 +63,31 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> Any:
                             progress=not args.no_progress, backend=args.backend, overlays=not args.no_overlay,
                             workers=args.workers)
     if summary["failed"]:
-        print(json.dumps(summary, indent=2, default=str))
-        sys.stdout.flush()
+        if args.json:  # without it the error's one line says what failed
+            print(json.dumps(summary, indent=2, default=str))
+            sys.stdout.flush()
         raise PredictionFailed(summary)
     return summary
+
+
+def predict_line(summary: dict[str, Any]) -> str:
+    """What `dbdgan predict` prints without --json."""
+    kinds = "blur maps and overlays" if any("overlay" in entry for entry in summary["outputs"]) else "blur maps"
+    ignored = f", {len(summary['ignored'])} files ignored" if summary.get("ignored") else ""
+    return (f"wrote {kinds} of {summary['written']} of {summary['inputs']} inputs to {summary['out_dir']} in "
+            f"{summary['timings']['wall_s']:.1f} s ({summary['model']}, input size {summary['input_size']}, "
+            f"{summary['backend']}){ignored}")
+
+
+def promote_line(record: dict[str, Any]) -> str:
+    """What `dbdgan promote` prints without --json."""
+    before = record.get("champion_before")
+    text = (f"{record.get('name', 'model')} version {record['version']} is champion ({record['action']}; before: "
+            f"{'version ' + str(before) if before is not None else 'none'})")
+    if record.get("forced"):
+        failed = "; ".join(c["detail"] for c in record.get("checks", []) if not c.get("passed"))
+        text += f"; forced past the gate: {failed}"
+    return text
 
 
 def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
@@ -75,11 +96,11 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
     _use_store(args, params)
     name = args.model
     if args.rollback:
-        return rollback(name, reason=args.reason or "rollback", user=args.user)
+        return {"name": name, **rollback(name, reason=args.reason or "rollback", user=args.user)}
     if args.version is None:
         raise ValueError("promote needs --version N (or --rollback)")
-    return promote(name, args.version, reason=args.reason or "", user=args.user,
-                   gate=gate_params(params.register))
+    return {"name": name, **promote(name, args.version, reason=args.reason or "", user=args.user,
+                                    gate=gate_params(params.register), force=args.force)}
 
 
 def add_commands(add: AddCommand) -> None:
@@ -105,6 +126,8 @@ def add_commands(add: AddCommand) -> None:
                    help="network input size: an integer, 'native', or 'auto' (default: the size stored "
                         "with the model: the size it was validated at in training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print every output and timing as JSON, not one line")
+    p.set_defaults(summary_line=predict_line)
 
     p = add("promote", cmd_promote, "make a registered version champion by hand, or roll back")
     p.add_argument("--model", default=ModelNames.student, help="registered model name (default: %(default)s)")
@@ -114,3 +137,7 @@ def add_commands(add: AddCommand) -> None:
     action.add_argument("--rollback", action="store_true", help="restore the previous champion")
     p.add_argument("--reason", help="why (required with --version; recorded on the version)")
     p.add_argument("--user", help="who decides (default: $DBDGAN_USER or the login name)")
+    p.add_argument("--force", action="store_true",
+                   help="promote a version that fails the promotion gate (the verdict is recorded)")
+    p.add_argument("--json", action="store_true", help="print the recorded decision as JSON, not one line")
+    p.set_defaults(summary_line=promote_line)

@@ -429,9 +429,14 @@ def run_gate(name: str, version: int, gate: GateParams | None = None, *, user: s
     return {"version": version, **record}
 
 
+class GateRefused(ValueError):
+    """A manual promotion of a version that fails the gate, without `force`."""
+
+
 def promote(name: str, version: int, reason: str, user: str | None = None, *, client: Any = None,
-            gate: GateParams | None = None) -> dict[str, Any]:
-    """Make `version` champion by hand; the gate's verdict is recorded beside the reason, not enforced."""
+            gate: GateParams | None = None, force: bool = False) -> dict[str, Any]:
+    """Make `version` champion by hand. A version that fails the gate needs `force` (the CLI's --force): the
+    refusal says which checks failed; a forced promotion records the verdict beside the reason."""
     if not reason or not reason.strip():
         raise ValueError("a manual promotion needs a reason (--reason)")
     client = _client(client)
@@ -444,11 +449,15 @@ def promote(name: str, version: int, reason: str, user: str | None = None, *, cl
             raise ValueError(f"{name} version {version} is already the champion")
         champion_tags = None if champion is None else _version_tags(client, name, champion)
         verdict = evaluate_gate(tags, champion_tags, gate or GateParams())
+        if not verdict.passed and not force:
+            raise GateRefused(f"{name} version {version} fails the promotion gate ({'; '.join(verdict.failures)}); "
+                              "promote it anyway with --force (the verdict is recorded beside your reason)")
         _make_champion(client, name, version, champion)
         who = current_user(user)
         record = record_decision(name, version, {
             "action": "manual-promote", "result": "promoted", "user": who, "reason": reason.strip(),
             "champion_before": champion, "champion_after": version, "gate_would_pass": verdict.passed,
+            "forced": not verdict.passed,
             "checks": [asdict(c) for c in verdict.checks],
             "metrics": _metrics_compared(client, name, candidate=version, champion=champion)}, client)
         if champion is not None:

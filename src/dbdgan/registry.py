@@ -12,7 +12,8 @@ import json
 import logging
 import tempfile
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from dbdgan import lineage
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
 from dbdgan.evaluation.scores import read_scores
+from dbdgan.inference import quiet_download
 from dbdgan.model_card import BASELINE_NAMES, CardFacts, description, model_card
 from dbdgan.model_runs import training_run_id
 from dbdgan.tracking import ModelNames, Tracking, configure, flatten, run_lineage_tags
@@ -220,6 +222,24 @@ def training_dataset(manifest: Path, data_source: str, digest: str) -> Any:
                                        name=f"dbd-{data_source}-prepared", digest=digest[:32])
 
 
+@contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Drop MLflow's advice to type-hint the pyfunc's predict (shown when dbdgan.serving is first imported):
+    the signature is given explicitly. MLflow shows it under its own `simplefilter("once")`, which overrides
+    any filter of ours, so it is dropped where warnings are shown; every other warning passes."""
+    shown = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if "Add type hints to the `predict` method" not in str(message):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def _new_version(client: Any, name: str, role: str, model_path: Path, payload: dict[str, Any],
                  metrics: dict[str, float], tags: dict[str, str], facts: CardFacts) -> Any:
     """Log the pyfunc under the training run and register it, tagged incomplete until the whole call is done.
@@ -239,7 +259,8 @@ def _new_version(client: Any, name: str, role: str, model_path: Path, payload: d
         dataset = training_dataset(facts.manifest, facts.data_source, facts.manifest_sha256)
         mlflow.log_input(dataset, context="training")
         # the size the network was validated at, from its file: the one source of a model's input size
-        info = _log_pyfunc(model_path, payload["metadata"].get("input_size"), card)
+        with _without_type_hint_advice(), quiet_download():  # the download: checking the input example
+            info = _log_pyfunc(model_path, payload["metadata"].get("input_size"), card)
         mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()}, model_id=info.model_id, dataset=dataset)
         mlflow.log_text(card, f"model_card/{role}.md")
     version = mlflow.register_model(info.model_uri, name, tags={**tags, REGISTRATION_TAG: INCOMPLETE})
