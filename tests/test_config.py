@@ -128,3 +128,16 @@ def test_make_train_real_runs_pretraining_first_with_pretrain_1(tmp_path):
     assert after(pre, "--root") == "runs/pretrain" and after(real, "--init-from") == "runs/pretrain"
     assert after(real, "--root") == "runs/real-pretrained" and after(real, "--input") == str(tmp_path)
     assert "profiles/cuhk-cpu-scratch.yaml" in real and "profiles/cuhk-cpu-pretrained.yaml" in real
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("distill_student.epoch=3", "distill_student.epoch: Extra inputs are not permitted (got 3) (from --set "
+                                "distill_student.epoch=3); did you mean distill_student.epochs?"),
+    ("distil_student.epochs=3", "distil_student: Extra inputs are not permitted (from --set "
+                                "distil_student.epochs=3); did you mean distill_student?"),
+])
+def test_a_set_typo_names_the_override_and_suggests_the_key(override, expected):
+    """Issue 26: a typo used to say only "invalid params in params.yaml"."""
+    with pytest.raises(ConfigError) as raised:
+        load_params(REPO / "params.yaml", [override])
+    assert str(raised.value) == f"invalid params in {REPO / 'params.yaml'}: {expected}"

@@ -6,6 +6,7 @@ Hyperparameters only: where data, models and reports are is an argument of each 
 from __future__ import annotations
 
 import copy
+import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -236,25 +237,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows beside the last part of `loc` (for "did you mean ...?")."""
+    model: Any = Params
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _format_errors(exc: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "<root>"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{key}: {err['msg']}{shown}")
+        setting = next((text for dotted, text in (overrides or {}).items()
+                        if dotted == key or dotted.startswith(f"{key}.")), None)
+        where = f" (from --set {setting})" if setting else ""
+        line = f"{key}: {err['msg']}{shown}{where}"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(err["loc"]), n=1)
+            if close:
+                line += f"; did you mean {'.'.join([*map(str, err['loc'][:-1]), close[0]])}?"
+        lines.append(line)
     return f"invalid params in {source}: " + "; ".join(lines)  # one line, as every command error
 
 
 def params_from_dict(tree: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Params:
     tree = copy.deepcopy(tree)  # overrides write into nested sections: never into the caller's dicts
+    given: dict[str, str] = {}
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        given[key] = text
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, given)) from None
 
 
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
