@@ -192,7 +192,7 @@ def test_one_readable_line_per_epoch():
 
 def test_map_images_carry_a_legend(tmp_path):
     from dbdgan.data.contact_sheet import render_contact_sheet
-    from dbdgan.evaluation.plots import GRID_LEGEND, GRID_PAD, GridRow, grid_size, save_grid
+    from dbdgan.evaluation.plots import GRID_FRAME, GRID_HEADER, GRID_LEGEND, GRID_PAD, GridRow, grid_size, save_grid
 
     rng = np.random.default_rng(0)
     rows = [GridRow("s0", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), np.zeros((30, 40)),
@@ -204,5 +204,12 @@ def test_map_images_carry_a_legend(tmp_path):
     ramp = strip[GRID_LEGEND // 2, GRID_PAD + 1: GRID_PAD + 63]
     assert ramp[0] < 20 and ramp[-1] > 235 and np.all(np.diff(ramp.astype(int)) >= 0)  # black -> white
     assert (strip[:, 80:] < 128).any()  # the text beside it
+    # each panel is framed: the all-blurred (white) map of the third column is not white on white (issue 26)
+    with Image.open(path) as grid:
+        pixels = np.asarray(grid.convert("RGB"))
+    left, top = GRID_PAD + 2 * (64 + GRID_PAD), GRID_HEADER
+    assert (pixels[top + 10:top + 50, left + 10:left + 50] == 255).all()  # the map itself is white
+    for y, x in ((top - 1, left + 30), (top + 64, left + 30), (top + 30, left - 1), (top + 30, left + 64)):
+        assert tuple(pixels[y, x]) == GRID_FRAME
     sheet = np.asarray(render_contact_sheet([(rows[0].image, np.ones((30, 40)))], tile=64).convert("L"))
     assert sheet[-22 + 6 + 5, 4 + 1] < 20 and sheet[-22 + 6 + 5, 4 + 62] > 235

@@ -6,6 +6,7 @@ skipped, the others still run, and the summary lists each failure so the caller'
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -47,8 +48,11 @@ __all__ = ["PredictionFailed", "blur_maps", "image_files", "load_predictor", "ov
 log = logging.getLogger(__name__)
 
 SizeChoice = InputSize | Literal["auto"]  # what `dbdgan predict --input-size` accepts
-OVERLAY_COLOUR = np.array([255.0, 0.0, 0.0], dtype=np.float32)  # blurred pixels are tinted red
-OVERLAY_ALPHA = 0.6
+OVERLAY_ALPHA = 0.6  # how far a surely blurred pixel goes to its dimmed grey
+OVERLAY_DIM = 0.55  # brightness of that grey: blurred regions read as greyed out, whatever their colour
+OVERLAY_OUTLINE = np.array([255, 220, 0], dtype=np.uint8)  # the p = 0.5 contour: yellow on colour and on grey
+OVERLAY_LEGEND = "greyed: blurred   yellow line: blur edge (p = 0.5)"
+OVERLAY_LEGEND_MIN_WIDTH = 400  # narrower overlays get no legend (it would cover the photo)
 PNG_COMPRESS_LEVEL = 1
 OVERLAY_JPEG_QUALITY = 90  # a tinted photo, for eyes: JPEG encodes it 20x faster than PNG, 7x smaller
 WORKERS = 2  # threads that decode and write while the network runs (PIL and zlib release the GIL)
@@ -132,10 +136,45 @@ OVERLAY_FORMAT = {"format": "JPEG", "quality": OVERLAY_JPEG_QUALITY}
 
 
 def overlay(image: np.ndarray, blur: np.ndarray) -> np.ndarray:
-    """The photo with blurred regions tinted, in proportion to their blur probability (8-bit map)."""
+    """The photo with blurred regions greyed and dimmed in proportion to their blur probability (8-bit map),
+    the p = 0.5 contour outlined, and a legend in the bottom-left corner (photos at least
+    OVERLAY_LEGEND_MIN_WIDTH wide). A colour tint alone was ambiguous on subjects of that colour."""
     weight = (blur * np.float32(OVERLAY_ALPHA / 255.0))[:, :, None]
-    tinted = image * (1.0 - weight) + (OVERLAY_COLOUR * weight + 0.5)
-    return np.clip(tinted, 0, 255, out=tinted).astype(np.uint8)
+    grey = image.sum(axis=2, keepdims=True, dtype=np.uint16) * np.float32(OVERLAY_DIM / 3.0)
+    mixed = image * (1.0 - weight) + (grey * weight + 0.5)
+    out = np.clip(mixed, 0, 255, out=mixed).astype(np.uint8)
+    out[_outline(blur >= 128)] = OVERLAY_OUTLINE
+    if out.shape[1] >= OVERLAY_LEGEND_MIN_WIDTH:
+        legend = _legend_patch()
+        h, w = min(legend.shape[0], out.shape[0]), legend.shape[1]
+        out[-h:, :w] = legend[-h:]
+    return out
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels on either side of the mask's boundary (a 2-pixel line), from array shifts."""
+    edge = np.zeros_like(mask)
+    vertical = mask[1:] != mask[:-1]
+    horizontal = mask[:, 1:] != mask[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+@functools.cache
+def _legend_patch() -> np.ndarray:
+    """The legend strip (white text and a yellow sample line on black), drawn once."""
+    from PIL import ImageDraw
+
+    width = 40 + int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(OVERLAY_LEGEND))
+    patch = Image.new("RGB", (width, 18), (0, 0, 0))
+    draw = ImageDraw.Draw(patch)
+    draw.rectangle((4, 5, 14, 12), fill=(90, 90, 90))
+    draw.line((18, 9, 28, 9), fill=tuple(int(v) for v in OVERLAY_OUTLINE), width=2)
+    draw.text((34, 3), OVERLAY_LEGEND, fill=(255, 255, 255))
+    return np.asarray(patch)
 
 
 def _output_stems(files: list[Path]) -> list[str]:

@@ -20,6 +20,7 @@ from dbdgan.io_utils import atomic_write_bytes, atomic_write_text
 GRID_PAD = 4
 GRID_HEADER = 18
 GRID_LEGEND = 22  # the strip under the grid that says how to read the maps
+GRID_FRAME = (120, 120, 120)  # the line around each panel
 LEGEND_TEXT = "maps: white = blurred (1), black = in focus (0)"
 
 
@@ -142,7 +143,10 @@ def save_grid(rows: Sequence[GridRow], model_names: Sequence[str], path: Path, c
         top = GRID_HEADER + i * (cell + GRID_PAD)
         panels = [row.image, row.gt.astype(np.float32), *(row.maps[name] for name in model_names)]
         for j, panel in enumerate(panels):
-            canvas.paste(_fit(panel, cell), (GRID_PAD + j * (cell + GRID_PAD), top))
+            left = GRID_PAD + j * (cell + GRID_PAD)
+            canvas.paste(_fit(panel, cell), (left, top))
+            # a frame in the padding: an all-blurred (white) map stays visible on the white page
+            draw.rectangle((left - 1, top - 1, left + cell, top + cell), outline=GRID_FRAME)
         draw.text((GRID_PAD + 3, top + 2), row.sample_id, fill=(255, 255, 0))
     draw_legend(draw, GRID_PAD, height - GRID_LEGEND + 5)
     buffer = io.BytesIO()
