@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def history(tmp_path_factory) -> dict:
     """A fresh clone's layout; `make run`, commit, one param changed, `make run` again."""
     repo = tmp_path_factory.mktemp("history")
     for name in ("Makefile", "dvc.yaml", "inputs.yaml", ".gitignore", ".dvcignore", "data/.gitignore",
-                 "data/README.md", "mlflow/README.md", "pyproject.toml", "constraints.txt"):
+                 "data/README.md", "mlflow/README.md", "pyproject.toml", "constraints.txt", "scripts/dbdgan"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "src" / "dbdgan", repo / "src" / "dbdgan", ignore=shutil.ignore_patterns("__pycache__"))
@@ -168,6 +169,52 @@ def test_repro_finds_the_cli_without_path_and_an_experiment_shows_up(history):
     shown = json.loads(_run([DVC, "exp", "show", "--json"], repo))
     names = [exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])]
     assert "fewer-samples" in names
+
+
+def _wait_for_queue(repo: Path, name: str, timeout_s: float = 900) -> str:
+    """The status `dvc queue status` ends with for the task `name` (Success or Failed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = [line.split() for line in _run([DVC, "queue", "status"], repo).splitlines()]
+        status = next((row[-1] for row in rows if name in row), "")
+        if status in ("Success", "Failed"):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queued experiment {name} did not finish in {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_a_queued_experiment_runs_in_a_copy_and_shows_its_metrics(history):
+    """`dvc exp run --queue`, then `dvc queue start`: the stages run in a temporary copy under .dvc/tmp/exps
+    that holds only what git tracks (no .venv, no MLflow store); they still find both in this repository."""
+    from mlflow import MlflowClient
+
+    repo, tracked = history["repo"], history["tracked"]
+    assert ".venv" not in tracked and not [t for t in tracked if t.startswith("mlflow/mlflow.db")]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow/mlflow.db")
+    before = len(client.search_model_versions("name='dbd-student'"))
+    _run([DVC, "exp", "run", "--queue", "-n", "queued-weights", "-S", "distill_student.epochs=1",
+          "-S", "distill_student.w_consistency=0.25"], repo)
+    # DVC starts its queue worker as `dvc` from PATH: give it dvc alone, so that the stages still find the CLI
+    # and its Python only through inputs.yaml's launcher
+    only_dvc = repo.parent / "only-dvc"
+    only_dvc.mkdir()
+    (only_dvc / "dvc").symlink_to(BIN / "dvc")
+    _run([DVC, "queue", "start"], repo, {**_env(), "PATH": f"{only_dvc}{os.pathsep}{_env()['PATH']}"})
+    status = _wait_for_queue(repo, "queued-weights")
+    assert status == "Success", _run([DVC, "queue", "logs", "queued-weights"], repo)[-4000:]
+
+    shown = json.loads(_run([DVC, "exp", "show", "--json"], repo))
+    (exp,) = [exp for entry in shown for exp in (entry.get("experiments") or []) if exp.get("name") == "queued-weights"]
+    data = exp["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["distill_student"]["w_consistency"] == 0.25
+    student = data["metrics"]["metrics/student.json"]["data"]
+    assert 0.0 <= student["max_f"] <= 1.0 and 0.0 <= student["mae"] <= 1.0
+    # registered in this repository's store, from a training run that logged the queued params
+    versions = client.search_model_versions("name='dbd-student'")
+    assert len(versions) == before + 1
+    newest = max(versions, key=lambda v: int(v.version))
+    assert client.get_run(newest.run_id).data.params["distill_student.w_consistency"] == "0.25"
 
 
 @pytest.mark.slow

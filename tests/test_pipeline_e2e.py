@@ -43,10 +43,11 @@ def _ran_stages(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", "inputs.yaml"):
+    for name in ("dvc.yaml", "inputs.yaml", "scripts/dbdgan"):  # inputs.yaml's cli: scripts/dbdgan
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     (root / "src").symlink_to(REPO / "src", target_is_directory=True)
-    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # inputs.yaml's cli: .venv/bin/dbdgan
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # the venv scripts/dbdgan runs
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)

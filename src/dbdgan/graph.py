@@ -93,7 +93,8 @@ INIT_STEPS = ("train_teacher", "distill_student")
 DVC_CODE = "src/dbdgan"
 DVC_INPUTS_FILE = "inputs.yaml"
 DVC_RAW_VAR = "raw_data"
-DVC_CLI = ".venv/bin/dbdgan"  # the Makefile's virtual environment, relative to the repository root
+# the launcher that finds the Makefile's virtual environment, also from a queued experiment's temporary copy
+DVC_CLI = "scripts/dbdgan"
 DVC_VARS = {DVC_RAW_VAR: "", "cli": DVC_CLI, "tracking_uri": "", "experiment": "dbdgan",
             "teacher_name": "dbd-teacher", "student_name": "dbd-student"}
 # What `dvc plots show/diff` draws: the evaluate step's curve CSVs (teacher, student, baselines) and PNGs.
