@@ -20,6 +20,7 @@ from dbdgan import cli, graph, steps
 from dbdgan.checkpoint import save_model_file
 from dbdgan.config import load_params
 from dbdgan.evaluation.extra import ExtraDataset, parse_extra
+from dbdgan.evaluation.report import Beside, _score_beside
 from dbdgan.evaluation.scores import HEADLINE
 from dbdgan.models import create_model
 from dbdgan.results import results_text
@@ -195,3 +196,9 @@ def test_extra_splits_must_not_repeat_the_main_split() -> None:
     with pytest.raises(ValueError, match=r"evaluate.extra_splits \['val'\] must not repeat a split or hold "
                                          r"evaluate.split \('val'\)"):
         load_params(REPO / "params.yaml", ["evaluate.split=val", "evaluate.extra_splits=[val]"])
+
+
+def test_a_label_that_names_a_score_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"label 'mae' of a set scored beside the main split is already a key of "
+                                         r"the scores of \['student'\]"):
+        _score_beside({}, {}, {"student": {"mae": 0.1}}, [Beside("mae", Path("x"), "test")], tiny_params())

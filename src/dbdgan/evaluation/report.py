@@ -114,8 +114,8 @@ def _score_beside(models: dict[str, nn.Module], sizes: dict[str, InputSize], res
     for one in beside:
         clash = sorted(name for name, row in results.items() if one.label in row)
         if clash:
-            raise ValueError(f"label {one.label!r} of a set scored beside {ev.split!r} is already a key of the "
-                             f"scores of {clash}: choose another")
+            raise ValueError(f"label {one.label!r} of a set scored beside the main split is already a key of "
+                             f"the scores of {clash}: choose another")
         with tempfile.TemporaryDirectory(prefix="dbdgan-beside-") as tmp:
             scored = evaluate_models(models, one.data_dir, one.split, one.out_dir or Path(tmp), beta2=ev.beta2,
                                      adaptive_factor=ev.adaptive_factor, thresholds=ev.thresholds,
