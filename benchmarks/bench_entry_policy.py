@@ -51,12 +51,14 @@ def _uptime() -> str:
     return f"{text.split()[0]}, load {text.rpartition('load average:')[2].strip()}"
 
 
-def _distill(work: Path, name: str, epochs: int, env: dict[str, str]) -> dict[str, Any]:
+def _distill(work: Path, name: str, epochs: int, env: dict[str, str], params: Path = ROOT / "params.yaml",
+             tag: str | None = None) -> dict[str, Any]:
     load_before = _uptime()
-    seconds = _run(["distill-student", "--params", str(ROOT / "params.yaml"), "--data", "data/prepared",
-                    "--teacher", "models/teacher.pt", "--checkpoints", f"checkpoints/{name}",
+    tag = tag or name
+    seconds = _run(["distill-student", "--params", str(params), "--data", "data/prepared",
+                    "--teacher", "models/teacher.pt", "--checkpoints", f"checkpoints/{tag}",
                     "--tracking-uri", f"sqlite:///{work}/mlflow.db", "--experiment", "bench-entry-policy",
-                    "--out", f"models/{name}.pt", "--set", f"distill_student.epochs={epochs}"], env, work)
+                    "--out", f"models/{tag}.pt", "--set", f"distill_student.epochs={epochs}"], env, work)
     return {"row": name, "epochs": epochs, "seconds": seconds, "seconds_per_epoch": seconds / epochs,
             "uptime_before": load_before, "uptime_after": _uptime(),
             **{k: env.get(k) for k in POLICY_VARS}}
@@ -81,14 +83,17 @@ def main() -> None:
               "--set", "train_teacher.epochs=1"], make_env, work)
         rows = report["rows"]
         for repeat in range(args.repeats):  # alternating, so that a change in the load hits both alike
-            rows.append({**_distill(work, "under_make", args.epochs, make_env), "repeat": repeat + 1})
-            rows.append({**_distill(work, "outside_make", args.epochs, _env(under_make=False)), "repeat": repeat + 1})
+            for name, env in (("under_make", make_env), ("outside_make", _env(under_make=False))):
+                # its own checkpoints and output per run: a rerun would resume instead of training
+                rows.append({**_distill(work, name, args.epochs, env, tag=f"{name}_{repeat + 1}"),
+                             "repeat": repeat + 1})
         if args.old_rev:
             old = work / "old"
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), args.old_rev], cwd=ROOT, check=True)
             try:
                 rows.append({**_distill(work, "outside_make_old_code", args.old_epochs,
-                                        _env(under_make=False, pythonpath=old / "src")), "rev": args.old_rev})
+                                        _env(under_make=False, pythonpath=old / "src"), old / "params.yaml"),
+                             "rev": args.old_rev})
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=True)
 
