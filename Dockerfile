@@ -87,11 +87,14 @@ ENV HOME=/home/dbdgan \
 LABEL io.dbdgan.scratch="/tmp /gcs /minio /s3"
 
 # Last, so that a new tag changes nothing above: the image knows its own name (`dbdgan pipeline compile` run
-# inside it names this image), and the OCI labels trace it to the code.
+# inside it names this image) and the commit it was built from (REVISION; DIRTY=1: with uncommitted changes),
+# which dbdgan.lineage reads, since a pod has no .git: `dbdgan --version`, registered versions and model cards
+# name them. The OCI labels trace it to the code too.
 ARG IMAGE_REF=""
 ARG VERSION=""
 ARG REVISION=""
-ENV DBDGAN_IMAGE=${IMAGE_REF}
+ARG DIRTY=""
+ENV DBDGAN_IMAGE=${IMAGE_REF} DBDGAN_GIT_COMMIT=${REVISION} DBDGAN_GIT_DIRTY=${DIRTY}
 LABEL org.opencontainers.image.title="dbdgan" org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" org.opencontainers.image.licenses="Apache-2.0"
 

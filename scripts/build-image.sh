@@ -41,12 +41,16 @@ fi
 secret=()
 [[ -s "$PIP_CA" ]] && secret=(--secret "id=pip_ca,src=$PIP_CA")
 version="$("$PYTHON" -c 'from importlib.metadata import version; print(version("dbdgan"))')"
+# the commit and dirty flag the image reports (dbdgan.lineage), by the rule of the tag's -dirty suffix
+commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+dirty=0
+[[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty=1
 echo "building $tag on $base (torch ${TORCH_VERSION} from ${torch_from}, extras ${EXTRAS})"
 podman build "${flags[@]}" "${secret[@]}" -t "$tag" -f Dockerfile \
     --build-arg BASE_IMAGE="$base" --build-arg TORCH_VERSION="$TORCH_VERSION" \
     --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" --build-arg EXTRAS="$EXTRAS" \
     --build-arg IMAGE_REF="$tag" --build-arg VERSION="$version" \
-    --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
+    --build-arg REVISION="$commit" --build-arg DIRTY="$dirty" .
 
 seconds=$(( $(date +%s) - start ))
 size=$(podman image inspect --format '{{.Size}}' "$tag")

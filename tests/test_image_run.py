@@ -135,6 +135,26 @@ def test_image_runs_as_non_root_on_a_read_only_root(built_image: str) -> None:
     assert result.returncode != 0 and "Read-only file system" in result.stderr  # only scratch is writable
 
 
+def _built_from(name: str) -> tuple[str, bool]:
+    """The full commit and dirty flag of the checkout `make image` built `name` from (its tag: -g<commit>[-dirty])."""
+    suffix = name.rsplit(":", 1)[1]
+    short = suffix.removesuffix("-dirty").rsplit("-g", 1)[1]
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{short}^{{commit}}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    return full, suffix.endswith("-dirty")
+
+
+def test_version_names_the_commit_the_image_was_built_from(built_image: str) -> None:
+    """No .git and no git in the image: the commit comes from what `make image` baked in."""
+    from dbdgan import __version__
+
+    commit, dirty = _built_from(built_image)
+    result = _podman_run(built_image, "dbdgan", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"dbdgan {__version__}, commit {commit}{' (dirty)' if dirty else ''}, "
+                                     f"image {built_image}")
+
+
 def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capfd: pytest.CaptureFixture[str]) -> None:
@@ -191,6 +211,13 @@ def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, 
             teacher = client.get_model_version_by_alias("image-teacher", "challenger")
             assert student.tags["role"] == "student" and teacher.tags["role"] == "teacher"
             assert "metric.max_f" in student.tags
+            # lineage from the image: its commit and reference on the version, its run and its model card
+            commit, dirty = _built_from(built_image)
+            assert (student.tags["git_commit"], student.tags["git_dirty"]) == (commit, str(dirty).lower())
+            assert student.tags["image"] == teacher.tags["image"] == built_image
+            assert client.get_run(student.run_id).data.tags["dbdgan.git_commit"] == commit
+            card = Path(client.download_artifacts(student.run_id, "model_card/student.md", str(tmp_path)))
+            assert f"git commit `{commit}`" in card.read_text() and f"image: `{built_image}`" in card.read_text()
 
             # the same pipeline with no tracking configured stops at the first step that tracks
             local.init(runner=_runner(built_image, {"OMP_NUM_THREADS": "1"}), pipeline_root=str(root),
