@@ -164,7 +164,8 @@ def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, 
     from dbdgan_kfp.pipelines import cli
 
     package = tmp_path / "pipeline.yaml"
-    assert cli.main(["compile", "--local", "--params", str(REPO / "params.yaml"), "--out", str(package)]) == 0
+    tiny = [arg for override in TINY for arg in ("--set", override)]
+    assert cli.main(["compile", "--local", "--params", str(REPO / "params.yaml"), *tiny, "--out", str(package)]) == 0
     spec = next(yaml.safe_load_all(package.read_text()))
     images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
     assert images == {built_image}  # every component runs in the image make image built
@@ -194,8 +195,8 @@ def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, 
                              "DBDGAN_S3_MAX_ATTEMPTS": "2", "OMP_NUM_THREADS": "1"}
             pipeline = components.load_component_from_file(str(package))
             local.init(runner=_runner(built_image, container_env), pipeline_root=str(root),
-                       raise_on_error=True)
-            arguments = {"overrides": TINY, "mlflow_tracking_uri": server.uri,
+                       raise_on_error=True, workspace_root=_workspace(tmp_path / "workspace"))
+            arguments = {"mlflow_tracking_uri": server.uri,
                          "reports_uri": f"s3://{BUCKET}/reports", "experiment": "image",
                          "teacher_name": "image-teacher", "student_name": "image-student"}
             start = time.monotonic()
@@ -221,7 +222,7 @@ def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, 
 
             # the same pipeline with no tracking configured stops at the first step that tracks
             local.init(runner=_runner(built_image, {"OMP_NUM_THREADS": "1"}), pipeline_root=str(root),
-                       raise_on_error=True)
+                       raise_on_error=True, workspace_root=_workspace(tmp_path / "workspace-untracked"))
             with pytest.raises(RuntimeError, match="train-teacher"):
                 pipeline(**{**arguments, "mlflow_tracking_uri": "", "reports_uri": ""})
             untracked = capfd.readouterr().out
@@ -242,6 +243,13 @@ def test_compiled_pipeline_runs_in_the_image(built_image: str, docker_api: str, 
     assert any(key.startswith("mlflow/") and key.endswith("MLmodel") for key in objects)
     assert files_containing([root], credentials["AWS_SECRET_ACCESS_KEY"]) == []
     _record(built_image, elapsed)
+
+
+def _workspace(path: Path) -> str:
+    """The run's workspace (/kfp-workspace in each container), writable by the image's user."""
+    path.mkdir()
+    path.chmod(0o777)
+    return str(path)
 
 
 def _boto_args(credentials: dict[str, str]) -> dict[str, str]:
