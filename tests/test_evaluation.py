@@ -15,6 +15,7 @@ from torch import nn
 
 from dbdgan.evaluation.evaluate import evaluate_models, grid_indices, read_split
 from dbdgan.evaluation.plots import grid_size
+from dbdgan.evaluation.scores import HEADLINE, read_scores
 from dbdgan.inference import predict_probability
 
 COLUMNS = [
@@ -88,8 +89,9 @@ def test_evaluate_models_writes_everything(data_dir, tmp_path):
     results = evaluate_models(models, data_dir, "test", out_dir, grid_samples=3)
 
     for name in models:
-        saved = json.loads((out_dir / f"{name}.json").read_text())
+        saved = read_scores(out_dir, name)  # the headline DVC metric and the details beside it
         assert saved == results[name]
+        assert sorted(json.loads((out_dir / f"{name}.json").read_text())) == sorted(HEADLINE)
         assert saved["n_images"] == 4 and saved["settings"]["input_size"] == "native"
         for key in ("max_f", "mean_f", "adaptive_f", "mae", "iou", "max_f_threshold"):
             for prefix in ("", "infocus_"):
