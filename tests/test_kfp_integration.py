@@ -329,7 +329,8 @@ def _dvc_run(raw: Path, overlay: Path, workspace: Path) -> tuple[str, str]:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, workspace / name)
     (workspace / "src").symlink_to(REPO / "src", target_is_directory=True)
-    (workspace / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # inputs.yaml's cli
+    (workspace / "scripts").symlink_to(REPO / "scripts", target_is_directory=True)  # inputs.yaml's cli
+    (workspace / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # the python it runs
     params = load_params([REPO / "params.yaml", overlay]).model_dump(mode="json")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     inputs = yaml.safe_load((REPO / "inputs.yaml").read_text())
