@@ -240,7 +240,8 @@ def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     _run([DVC, "pull"], repo, env)
     assert _hashes(repo) == before
-    assert _ran(_run([DVC, "repro"], repo, env)) == []  # the pulled outputs are the pipeline's, nothing reruns
+    # the pulled outputs are the pipeline's: only register reruns (always: a store may lack the versions)
+    assert _ran(_run([DVC, "repro"], repo, env)) == ["register"]
 
 
 @pytest.mark.slow

@@ -181,6 +181,10 @@ def _stage(one: Step, code: str, init_from: str | None, extra: Sequence[Any] = (
     stage.update(copy.deepcopy(out.dvc_outs) or {"outs": [out.path]})
     if extra and one.name == "evaluate":
         stage["outs"].append({f"{out.path}/{EXTRA_DIR}": _NO_CACHE})
+    if not stage.get("outs") and one.name == "register":
+        # no output records it, so DVC could not tell that a fresh store has none of these versions: register
+        # runs on every repro, and a model file already registered reuses its version (nothing is duplicated)
+        stage["always_changed"] = True
     return {key: value for key, value in stage.items() if value != []}  # an empty section: none declared
 
 
