@@ -82,7 +82,7 @@ def test_export_onnx_command_round_trips(capsys, tmp_path):
     model_file = tmp_path / "student.pt"
     save_model_file(model_file, "mobile_tiny", {}, create_model("mobile_tiny"))
     code = main(["export-onnx", "--params", str(REPO / "params.yaml"), "--model", str(model_file),
-                 "--out", str(tmp_path / "student.onnx"), "--size", "48"])
+                 "--out", str(tmp_path / "student.onnx"), "--size", "48", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["max_abs_diff"] < 1e-4

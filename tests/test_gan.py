@@ -61,8 +61,8 @@ def test_the_training_benchmark_measures_these_updates(monkeypatch):
         real = cls.step
         monkeypatch.setattr(cls, "step", lambda self, *a, _real=real, _name=cls.__name__: (
             calls.append(_name), _real(self, *a))[1])
-    for build in (bench_training.teacher_step, bench_training.distill_step):
-        step, n_params = build(params, batch, runtime)
-        assert step() and n_params > 0
+    for kind in ("teacher", "distill"):
+        step, network = bench_training.variant_step(kind, "fp32", params, batch, runtime)
+        assert step() is not None and sum(p.numel() for p in network.parameters()) > 0
     assert calls == ["TeacherGAN", "DistillationGAN"]
     assert Path(bench_training.__file__).parent == REPO / "benchmarks"
