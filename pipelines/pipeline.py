@@ -13,7 +13,6 @@ registration (a side effect) and the teacher import (an alias may move) always r
 """
 
 # No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
-import copy
 import json
 from typing import Any
 
@@ -33,9 +32,8 @@ PROMOTED = "promoted"
 DEFAULT_WORKSPACE_SIZE = "20Gi"
 
 
-def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
+def check_pretrain(pretrain: Params, params: Params) -> None:
     """Pre-training params must build the same networks as the real run, or its weights cannot be loaded."""
-    pretrain = params_from_dict(copy.deepcopy(pretrain_tree), source="pretrain params")
     for key in ("teacher", "teacher_kwargs", "student", "student_kwargs"):
         mine, theirs = getattr(pretrain.model, key), getattr(params.model, key)
         if mine != theirs:
@@ -43,7 +41,6 @@ def check_pretrain(pretrain_tree: dict[str, Any], params: Params) -> Params:
                              "pre-training must train the same networks")
     if pretrain.data.source != "synthetic":
         raise ValueError(f"pretrain params: data.source must be 'synthetic', got {pretrain.data.source!r}")
-    return pretrain
 
 
 def _params_json(one: graph.Step, tree: dict[str, Any]) -> str:
@@ -84,10 +81,9 @@ def add_steps(op: Any, chain: tuple[graph.Step, ...], values: dict[str, Any], tr
     return {f"{prefix}{name}": task for name, task in tasks.items()}
 
 
-def _tree(text: str, source: str) -> dict[str, Any]:
-    """Validated params as a full tree (defaults filled in): a broken params file fails here, not in a pod."""
-    tree: Any = (yaml.safe_load(text) if text.strip() else None) or {}
-    return params_from_dict(tree, source=source).model_dump(mode="json")
+def _params(text: str, source: str) -> Params:
+    """Validated params (defaults filled in): a broken params file fails here, not in a pod."""
+    return params_from_dict((yaml.safe_load(text) if text.strip() else None) or {}, source=source)
 
 
 def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None,
@@ -112,11 +108,13 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
     from `cluster.retries`. uncached: steps never to reuse a cached result in this pipeline (prepare, when the
     S3 dataset's digest could not be read).
     """
-    tree = _tree(params_text, "pipeline params")
-    params = params_from_dict(copy.deepcopy(tree), source="pipeline params")
-    pretrain_tree = _tree(pretrain_text, "pretrain params") if pretrain_text.strip() else {}
-    if pretrain_tree:
-        check_pretrain(pretrain_tree, params)
+    params = _params(params_text, "pipeline params")
+    tree = params.model_dump(mode="json")
+    pretrain_tree: dict[str, Any] = {}
+    if pretrain_text.strip():
+        pretrain = _params(pretrain_text, "pretrain params")
+        check_pretrain(pretrain, params)
+        pretrain_tree = pretrain.model_dump(mode="json")
         if teacher:
             raise ValueError("--teacher and --pretrain-params exclude each other: pre-training initialises the "
                              "teacher that an imported teacher replaces")

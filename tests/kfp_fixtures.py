@@ -42,6 +42,14 @@ def component_params(*overrides: str) -> str:
     return json.dumps(load_params(REPO / "params.yaml", list(overrides)).model_dump(mode="json"))
 
 
+def pipeline_tasks(spec: dict) -> dict[str, dict]:
+    """Task name -> task spec of a compiled pipeline, from the root DAG and every condition sub-DAG."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
 def port_closed(uri: str, timeout: float = 10.0) -> bool:
     """Nothing accepts connections at the host:port of `uri` any more (an outage test checks this first)."""
     from urllib.parse import urlsplit

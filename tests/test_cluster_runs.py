@@ -15,7 +15,7 @@ import boto3
 import pytest
 import torch
 import yaml
-from kfp_fixtures import TINY, component_params, dummy_credentials, moto_server
+from kfp_fixtures import TINY, component_params, dummy_credentials, moto_server, pipeline_tasks
 
 from dbdgan import steps
 from dbdgan.config import load_params
@@ -34,10 +34,7 @@ def _compile(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
 
 
 def _tasks(spec: dict) -> dict[str, dict]:
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for comp in spec["components"].values():
-        tasks.update(comp.get("dag", {}).get("tasks", {}))
-    return {name: task for name, task in tasks.items() if not name.startswith("condition")}
+    return {name: task for name, task in pipeline_tasks(spec).items() if not name.startswith("condition")}
 
 
 def _inputs(task: dict) -> dict:

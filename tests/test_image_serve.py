@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from PIL import Image
 from test_deploy import serving_container
 from test_image_run import SANDBOX, _boto_args, built_image, scratch_dirs  # noqa: F401 - built_image: a fixture
 from test_registry import make_workspace
+from test_serving import post
 
 from dbdgan.registry import register_models
 from dbdgan.tracking import ModelNames, Tracking
@@ -51,16 +51,6 @@ def _photo(folder: Path) -> Path:
     path = folder / "photo.jpg"
     path.write_bytes(generate_sample(sample_rng(0, 0), (480, 640)).encoded)
     return path
-
-
-def _post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _container_command(name: str, image: str, port: int, env: dict[str, str]) -> list[str]:
@@ -118,15 +108,15 @@ def test_the_serving_container_answers_a_photo_with_predicts_map(built_image: st
             base = f"http://127.0.0.1:{port}"
             try:
                 _wait_until_up(base, name)
-                status, body = _post(f"{base}/invocations",
-                                     {"inputs": [base64.b64encode(photo.read_bytes()).decode()]})
+                status, body = post(f"{base}/invocations",
+                                    {"inputs": [base64.b64encode(photo.read_bytes()).decode()]}, timeout=120)
                 assert status == 200, body
                 [record] = body["predictions"]
                 assert record["output"] == "png" and not record["downscaled"]
                 with Image.open(io.BytesIO(base64.b64decode(record["map"]))) as served:
                     np.testing.assert_array_equal(np.asarray(served), expected)
 
-                status, body = _post(f"{base}/invocations", {"inputs": ["bm90IGFuIGltYWdl"]})
+                status, body = post(f"{base}/invocations", {"inputs": ["bm90IGFuIGltYWdl"]}, timeout=120)
                 assert status == 400 and body["message"].startswith("not a readable image (12 bytes)"), body
                 assert "\n" not in body["message"] and "stack_trace" not in body
             finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kfp_fixtures import pipeline_tasks
 
 from dbdgan import graph
 from dbdgan.config import ConfigError
@@ -44,14 +45,6 @@ def _executor(spec: dict, component: str) -> dict:
     return spec["deploymentSpec"]["executors"][name]["container"]
 
 
-def _all_tasks(spec: dict) -> dict[str, dict]:
-    """Task name -> task spec, from the root DAG and every condition sub-DAG."""
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for comp in spec["components"].values():
-        tasks.update(comp.get("dag", {}).get("tasks", {}))
-    return tasks
-
-
 def _task_params(tasks: dict[str, dict], name: str) -> dict:
     """The params a task was compiled with (its step's part of params.yaml)."""
     return yaml.safe_load(tasks[name]["inputs"]["parameters"]["params"]["runtimeValue"]["constant"])
@@ -66,7 +59,7 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
                            "experiment", "pretrain_experiment", "teacher_name", "student_name"}
     assert params["student_name"]["defaultValue"] == "dbd-student"
 
-    tasks = _all_tasks(spec)
+    tasks = pipeline_tasks(spec)
     conditions = {name: task["triggerPolicy"]["condition"] for name, task in tasks.items()
                   if task.get("triggerPolicy", {}).get("condition")}
     assert len(conditions) == 2
@@ -134,7 +127,7 @@ def test_cluster_compile_carries_kubernetes_settings(tmp_path: Path) -> None:
         if step not in ("comp-train-teacher", "comp-distill-student"):
             assert "accelerator" not in _executor(spec, step)["resources"]
     retries = {name: task.get("retryPolicy", {}).get("maxRetryCount")
-               for name, task in _all_tasks(spec).items() if not name.startswith("condition")}
+               for name, task in pipeline_tasks(spec).items() if not name.startswith("condition")}
     assert retries.pop("register") is None  # registering is not idempotent
     assert set(retries.values()) == {2}
 
@@ -187,7 +180,7 @@ def test_cli_compile_overlays_a_profile(tmp_path: Path) -> None:
     out = tmp_path / "gpu.yaml"
     assert cli.main(["compile", "--params", str(REPO / "params.yaml"), "--params",
                      str(REPO / "profiles" / "paper-gpu.yaml"), "--out", str(out)]) == 0
-    tasks = _all_tasks(next(yaml.safe_load_all(out.read_text())))
+    tasks = pipeline_tasks(next(yaml.safe_load_all(out.read_text())))
     teacher = _task_params(tasks, "train-teacher")
     data = _task_params(tasks, "prepare")["data"]
     assert teacher["model"]["teacher"] == "teacher_paper" and data["source"] == "cuhk"
@@ -203,7 +196,7 @@ def test_cli_compile_with_synthetic_pretraining_wires_init_models(tmp_path: Path
     assert cli.main(["compile", *profile, *pretrain, "--out", str(out), "--gpus", "1"]) == 0
     docs = list(yaml.safe_load_all(out.read_text()))
     spec, platform = docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    tasks = _all_tasks(spec)
+    tasks = pipeline_tasks(spec)
     # Task names follow creation order: the pre-training tasks come first (train-teacher), the real ones
     # second (train-teacher-2); their display names tell them apart in the UI.
     producer = {name: tasks[name]["inputs"]["artifacts"]["init"]["taskOutputArtifact"]
@@ -277,7 +270,7 @@ def test_submit_compiles_for_the_cluster_and_prints_the_run_url(monkeypatch: pyt
     [run] = client.runs
     assert run["experiment_name"] == "nightly" and run["run_name"] == "r1" and run["namespace"] == "team-a"
     assert run["enable_caching"] is False
-    assert _task_params(_all_tasks(run["package"][0]), "train-teacher")["train_teacher"]["epochs"] == 2
+    assert _task_params(pipeline_tasks(run["package"][0]), "train-teacher")["train_teacher"]["epochs"] == 2
     assert run["arguments"]["data_uri"] == "s3://data/cuhk"
     assert run["arguments"]["student_name"] == "s-x"
     assert "teacher_name" not in run["arguments"]  # unset flags keep the pipeline defaults

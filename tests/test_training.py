@@ -16,6 +16,7 @@ from pipeline_fixtures import REPO, TINY_OVERRIDES, run_step, tiny_params, tiny_
 
 from dbdgan import steps
 from dbdgan.checkpoint import load_model_file, read_model_file
+from dbdgan.io_utils import file_sha256
 from dbdgan.model_runs import training_run_id
 from dbdgan.training import engine
 from dbdgan.training.engine import NonFiniteLossError
@@ -146,7 +147,7 @@ def test_init_from_starts_both_trainings_from_pretrained_weights(tmp_path, prepa
         assert start.keys() == end.keys()
         for name, tensor in start.items():
             assert torch.allclose(tensor, end[name], atol=1e-8), f"{model}.{name} did not start from {init}"
-        assert read_model_file(out)["metadata"]["init_from_sha256"] == engine.file_sha256(init)
+        assert read_model_file(out)["metadata"]["init_from_sha256"] == file_sha256(init)
 
     scratch = tmp_path / "scratch"
     _train(scratch, prepared, [*tiny_lr, "train_teacher.epochs=1"])

@@ -1,8 +1,9 @@
-"""Atomic file writes: a reader (or DVC) never sees a half-written output."""
+"""Atomic file writes: a reader (or DVC) never sees a half-written output. And the files' digest."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,15 @@ from typing import Any
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in blocks (model files and checkpoints run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -7,19 +7,12 @@ tag existed still name their run in `metadata.mlflow_run_id`, which is used firs
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from dbdgan.io_utils import file_sha256
+
 MODEL_SHA_TAG = "dbdgan.model_sha256"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tag_training_run(path: str | Path) -> None:

@@ -8,23 +8,13 @@ run that trained it.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from dbdgan.checkpoint import read_model_file
-from dbdgan.io_utils import atomic_write_bytes
+from dbdgan.io_utils import atomic_write_bytes, file_sha256
 from dbdgan.redact import redact
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _registry_version(uri: str, client: Any) -> Any:
@@ -62,18 +52,18 @@ def _from_registry(uri: str, out: Path, tracking_uri: str | None, role: str) -> 
     with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=exact, dst_path=tmp))
         checkpoint, _ = checkpoint_from_mlflow_dir(local)
-        _install(checkpoint, out)
-    return {"source": exact, "requested": uri, "registered_name": version.name,
+        arch = _install(checkpoint, out)
+    return {"arch": arch, "source": exact, "requested": uri, "registered_name": version.name,
             "registered_version": int(version.version), "training_run_id": version.tags.get("training_run_id", ""),
             "git_commit": version.tags.get("git_commit", "")}
 
 
-def _install(path: Path, out: Path) -> None:
-    """Check that `path` is a dbdgan model file, then write it to `out` in one step."""
-    read_model_file(path)
+def _install(path: Path, out: Path) -> str:
+    """Check that `path` is a dbdgan model file, then write it to `out` in one step; returns its arch."""
+    arch = str(read_model_file(path)["arch"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("rb") as handle:
-        atomic_write_bytes(out, handle.read())
+    atomic_write_bytes(out, path.read_bytes())
+    return arch
 
 
 def fetch_model(source: str, out: str | Path, role: str = "teacher",
@@ -92,15 +82,7 @@ def fetch_model(source: str, out: str | Path, role: str = "teacher",
         facts = _from_registry(text, out, tracking_uri, role)
     elif is_s3_uri(text):
         with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp:
-            _install(download(text, Path(tmp) / "model.pt", folder=False), out)
-        facts = {"source": text}
+            facts = {"arch": _install(download(text, Path(tmp) / "model.pt", folder=False), out), "source": text}
     else:
-        path = Path(text)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        with tempfile.TemporaryDirectory(prefix="dbdgan-model-") as tmp:
-            copy = Path(tmp) / "model.pt"
-            shutil.copyfile(path, copy)
-            _install(copy, out)
-        facts = {"source": str(path.resolve())}
-    return {**facts, "sha256": _sha256(out), "arch": read_model_file(out)["arch"]}
+        facts = {"arch": _install(Path(text), out), "source": str(Path(text).resolve())}
+    return {**facts, "sha256": file_sha256(out)}

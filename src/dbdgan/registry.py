@@ -22,15 +22,12 @@ from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
 from dbdgan.evaluation.scores import read_scores
 from dbdgan.inference import quiet_download
+from dbdgan.io_utils import file_sha256
 from dbdgan.model_card import BASELINE_NAMES, CardFacts, description, model_card
 from dbdgan.model_runs import training_run_id
 from dbdgan.tracking import ModelNames, Tracking, configure, flatten, run_lineage_tags
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def params_hash(params: Params) -> str:
@@ -316,7 +313,7 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     if unknown:
         raise ValueError(f"roles {unknown} are neither 'teacher' nor 'student'")
     code = lineage.current()  # this step's code: in a pod, the commit baked into the image
-    common_tags = {MANIFEST_TAG: _sha256(manifest), **code.tags(),
+    common_tags = {MANIFEST_TAG: file_sha256(manifest), **code.tags(),
                    "params_hash": params_hash(params), "teacher_preset": params.model.teacher,
                    "student_preset": params.model.student}
     # read every input first, so a missing metrics file cannot leave half of the models registered
@@ -325,12 +322,12 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     planned = {role: (getattr(names, role), models[role], payload, metrics, {
         **common_tags, "role": role, "preset": payload["arch"],
         "arch_kwargs": json.dumps(payload["arch_kwargs"], sort_keys=True, default=str)[:4000],
-        "model_sha256": _sha256(models[role]),
+        "model_sha256": file_sha256(models[role]),
         "training_run_id": training_run_id(client, models[role], payload["metadata"]) or "",
         PROTOCOL_TAG: protocol, **{f"{METRIC_PREFIX}{k}": f"{v:.10g}" for k, v in metrics.items()}})
         for role, (payload, metrics, protocol) in inputs.items()}
     if "student" in planned and "teacher" in models:  # the student's lineage names the teacher it learnt from
-        planned["student"][4]["teacher_sha256"] = _sha256(models["teacher"])
+        planned["student"][4]["teacher_sha256"] = planned["teacher"][4]["model_sha256"]
         if teacher_source:
             planned["student"][4]["teacher_source"] = teacher_source
     existed = _preflight(client, experiment_id, [entry[0] for entry in planned.values()])

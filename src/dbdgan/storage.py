@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dbdgan.io_utils import atomic_dir
+from dbdgan.io_utils import atomic_dir, file_sha256
 from dbdgan.redact import redact
 
 ENDPOINT_ENV_VARS = ("DBDGAN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -232,7 +232,7 @@ class S3Store:
         for path in files:
             rel = path.relative_to(folder).as_posix()
             uploaded.append(self.upload_file(path, prefix.child(rel)))
-            entries.append({"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)})
+            entries.append({"path": rel, "size": path.stat().st_size, "sha256": file_sha256(path)})
         body = json.dumps({"files": entries}, indent=2, sort_keys=True).encode()
         try:
             self._client.put_object(Bucket=marker.bucket, Key=marker.key, Body=body)
@@ -284,21 +284,13 @@ class S3Store:
             raise self._error("read the completion marker", S3Uri(prefix.bucket, marker_key), exc) from None
         for entry in json.loads(body)["files"]:
             path = folder / entry["path"]
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
+            if not path.is_file() or file_sha256(path) != entry["sha256"]:
                 raise StorageError(f"{prefix.child(entry['path'])} is missing or differs from its sha256 in "
                                    f"{MARKER} (endpoint {_redact(self.endpoint)})")
 
 
 def _as_uri(uri: str | S3Uri) -> S3Uri:
     return uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_reachable(uri: str, **store_kwargs: Any) -> None:

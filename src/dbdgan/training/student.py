@@ -7,9 +7,10 @@ from typing import Any
 
 from dbdgan.checkpoint import init_weights_from, load_model_file
 from dbdgan.config import Params
+from dbdgan.io_utils import file_sha256
 from dbdgan.models import create_model
 from dbdgan.tracking import Tracking
-from dbdgan.training.engine import TrainingJob, build_scheduler, file_sha256, fingerprint, fit, make_loaders
+from dbdgan.training.engine import TrainingJob, build_scheduler, fingerprint, fit, make_loaders
 from dbdgan.training.gan import DistillationGAN
 from dbdgan.training.runtime import init_runtime, seed_everything, shutdown
 
