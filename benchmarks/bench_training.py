@@ -20,8 +20,8 @@ not change the cost).
 
 Each step runs in up to four variants (--variants): fp32 (what training runs today), bf16 (the whole step
 under torch.autocast("cpu", bfloat16); this CPU has AVX-512 BF16), channels-last (every module's weights and
-the batch in channels-last memory format) and both. The library does not use the last three yet: this
-measures whether they would pay, not whether accuracy holds.
+the batch in channels-last memory format) and both: the training params `cpu_bf16` and `channels_last`,
+which the stages read (profiles/cuhk-cpu.yaml switches both on). This measures speed, not accuracy.
 
 Step times are medians of --steps steps after --warmup, on one batch from the training loader (loading
 excluded: bench_loader.py measures it), in a process set up by dbdgan.training.runtime.init_runtime as the
@@ -87,22 +87,15 @@ def build_gan(kind: str, params: Any, runtime: Any) -> tuple[Any, Any]:
 
 def variant_step(kind: str, variant: str, params: Any, batch: dict[str, Any], runtime: Any
                  ) -> tuple[Callable[[], object], Any]:
-    """One training step of `kind` in `variant` (a fresh GAN each time: no variant inherits another's state)."""
-    import torch
-
-    gan, network = build_gan(kind, params, runtime)
-    if "channels-last" in variant:
-        # in place (Module.to keeps the Parameter objects), so the optimisers built above still hold them
-        for module in [*gan.modules.values(), *([gan.teacher] if kind == "distill" else [])]:
-            module.to(memory_format=torch.channels_last)
-        batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last),
-                 "mask": batch["mask"].contiguous(memory_format=torch.channels_last)}
-    context: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in variant else contextlib.nullcontext)
+    """One training step of `kind` in `variant` (a fresh GAN each time: no variant inherits another's state),
+    switched on through the training params the stages read (`cpu_bf16`, `channels_last`)."""
+    section = "train_teacher" if kind == "teacher" else "distill_student"
+    switches = {"cpu_bf16": "bf16" in variant, "channels_last": "channels-last" in variant}
+    cfg = getattr(params, section).model_copy(update=switches)
+    gan, network = build_gan(kind, params.model_copy(update={section: cfg}), runtime)
 
     def step() -> object:
-        with context():
-            return gan.step(batch, 0, 0)
+        return gan.step(batch, 0, 0)
 
     return step, network
 
@@ -158,8 +151,8 @@ def one_batch(params: Any, runtime: Any) -> Iterator[dict[str, Any]]:
         count = max(4 * cfg.batch_size, 24)
         prepare_dataset("synthetic", data, seed=params.seed, split=params.data.split.model_dump(),
                         synthetic={**params.data.synthetic, "num_images": count, "size": cfg.image_size})
-        loader = make_loader(data, "train", cfg.image_size, cfg.batch_size, 0, params.seed, runtime, train=True,
-                             crop_scale=cfg.crop_scale)
+        loader = make_loader(data, ["train"], cfg.image_size, cfg.batch_size, 0, params.seed, runtime,
+                             train=True, crop_scale=cfg.crop_scale)
         yield next(iter(loader))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

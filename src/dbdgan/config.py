@@ -136,12 +136,20 @@ class TrainingParams(_Section):
     adversarial_loss: Literal["lsgan", "vanilla", "hinge", "ragan"] = "lsgan"
     w_content: float = Field(1.0, ge=0.0)
     w_adv: float = Field(0.01, ge=0.0)
-    # the epoch whose model is kept: val_score = in-focus max-F - MAE (the goals' two numbers), or one of them
-    best_metric: Literal["val_score", "val_max_f_sharp", "val_max_f", "val_mae"] = "val_score"
+    # the splits trained on: ["train", "val"] is the final fit on both, whose epoch count is fixed beforehand
+    # (best_metric: last), since validation then no longer measures anything unseen
+    train_splits: list[Literal["train", "val"]] = Field(["train"], min_length=1)
+    # the epoch whose model is kept: val_score = in-focus max-F - MAE (the goals' two numbers), one of them, or
+    # the last epoch
+    best_metric: Literal["val_score", "val_max_f_sharp", "val_max_f", "val_mae", "last"] = "val_score"
     # validate and keep an exponential moving average of the network's weights (and batch-norm statistics),
     # updated every step with this decay, instead of the raw weights: it evens out step-to-step noise
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     amp: bool = True  # CUDA only
+    # CPU only: the step under bfloat16 autocast (fast on CPUs with AVX-512 BF16 / AMX; weights stay fp32)
+    cpu_bf16: bool = False
+    # networks and batches in channels-last memory format (faster convolutions on CPU and tensor cores)
+    channels_last: bool = False
 
     @field_validator("crop_scale")
     @classmethod

@@ -1,4 +1,5 @@
-"""Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); a no-op on CPU."""
+"""Mixed precision: on CUDA bf16 where supported, else fp16 with a gradient scaler; on CPU bf16 when asked
+(`cpu_bf16`: no scaler, bf16 has fp32's range). Weights and optimiser states stay fp32 either way."""
 
 from __future__ import annotations
 
@@ -9,21 +10,22 @@ from torch import nn
 
 
 class Precision:
-    def __init__(self, device: torch.device, enabled: bool) -> None:
-        self.enabled = enabled and device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+    def __init__(self, device: torch.device, enabled: bool, cpu_bf16: bool = False) -> None:
+        self.enabled = (enabled and device.type == "cuda") or (cpu_bf16 and device.type == "cpu")
+        cuda_bf16 = device.type == "cuda" and self.enabled and torch.cuda.is_bf16_supported()
+        self.dtype = torch.bfloat16 if cuda_bf16 or device.type == "cpu" else torch.float16
         self.device = device
         self._scalers: dict[str, torch.amp.GradScaler] = {}
 
     def autocast(self) -> AbstractContextManager:
         if not self.enabled:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _scaler(self, name: str) -> torch.amp.GradScaler:
         if name not in self._scalers:
             use_scaler = self.enabled and self.dtype == torch.float16
-            self._scalers[name] = torch.amp.GradScaler("cuda", enabled=use_scaler)
+            self._scalers[name] = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         return self._scalers[name]
 
     def step(self, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module,

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from dbdgan.checkpoint import (
     load_training_state,
@@ -88,12 +88,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimParams,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, num_workers: int, seed: int,
-                runtime: Runtime, train: bool, *, crop_scale: tuple[float, float]) -> DataLoader:
+def make_loader(data_dir: str | Path, splits: Sequence[str], size: int, batch_size: int, num_workers: int,
+                seed: int, runtime: Runtime, train: bool, *, crop_scale: tuple[float, float]) -> DataLoader:
     """Shuffling is seeded per epoch (see `start_epoch`), so a resumed run sees the same batches."""
-    dataset = DBDDataset(Path(data_dir), split, size=size, augment=train, seed=seed, scale=crop_scale)
-    if len(dataset) == 0:
-        raise ValueError(f"split {split!r} of {data_dir} is empty")
+    parts = [DBDDataset(Path(data_dir), split, size=size, augment=train, seed=seed, scale=crop_scale)
+             for split in splits]
+    for split, part in zip(splits, parts, strict=True):
+        if len(part) == 0:
+            raise ValueError(f"split {split!r} of {data_dir} is empty")
+    dataset: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     sampler = None
     if runtime.distributed and train:
         sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, seed=seed)
@@ -107,9 +110,9 @@ def make_loader(data_dir: str | Path, split: str, size: int, batch_size: int, nu
 def make_loaders(data_dir: str | Path, cfg: TrainingParams, seed: int,
                  runtime: Runtime) -> tuple[DataLoader, DataLoader]:
     """The augmented train loader and the plain validation loader of a training stage."""
-    return (make_loader(data_dir, "train", cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime, train=True,
-                        crop_scale=cfg.crop_scale),
-            make_loader(data_dir, "val", cfg.val_size or cfg.image_size, cfg.batch_size, cfg.num_workers, seed,
+    return (make_loader(data_dir, cfg.train_splits, cfg.image_size, cfg.batch_size, cfg.num_workers, seed, runtime,
+                        train=True, crop_scale=cfg.crop_scale),
+            make_loader(data_dir, ["val"], cfg.val_size or cfg.image_size, cfg.batch_size, cfg.num_workers, seed,
                         runtime, train=False, crop_scale=cfg.crop_scale))
 
 
@@ -118,9 +121,9 @@ def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(seed * 100_003 + epoch)
-    dataset = loader.dataset
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
+    for dataset in getattr(loader.dataset, "datasets", [loader.dataset]):  # a ConcatDataset's parts
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
 
 
 @torch.no_grad()
@@ -168,8 +171,10 @@ def metrics_line(epoch: int, row: dict[str, float]) -> str:
     return " ".join([f"epoch={epoch}", *(f"{key}={row[key]:.6g}" for key in ordered if math.isfinite(row[key]))])
 
 
-def selection_score(row: dict[str, float], metric: str) -> float:
-    """Higher is better: the validation number that picks the kept epoch (MAE counts negated)."""
+def selection_score(row: dict[str, float], metric: str, epoch: int) -> float:
+    """Higher is better: the validation number that picks the kept epoch (MAE counts negated), or the epoch."""
+    if metric == "last":
+        return float(epoch)
     return -row[metric] if metric == "val_mae" else row[metric]
 
 
@@ -301,7 +306,7 @@ def fit(job: TrainingJob) -> dict[str, Any]:
             if runtime.is_main:
                 row.update(validation_scores(kept_net, job.val_loader, runtime.device, params.evaluate.beta2))
                 history.append({"epoch": epoch + 1, **row})
-                kept = selection_score(row, job.best_metric) > best
+                kept = selection_score(row, job.best_metric, epoch + 1) > best
                 log.info("%s", epoch_line(job.stage, epoch + 1, job.epochs, row, kept, time.monotonic() - started))
                 log.info("%s", metrics_line(epoch + 1, row))
                 if run is not None:
@@ -311,7 +316,7 @@ def fit(job: TrainingJob) -> dict[str, Any]:
                 if not _all_finite(kept_net):
                     raise NonFiniteLossError(f"weights of {job.arch} became non-finite in epoch {epoch + 1}")
                 if kept:
-                    best = selection_score(row, job.best_metric)
+                    best = selection_score(row, job.best_metric, epoch + 1)
                     # input_size: the whole-image size it was validated at, which `dbdgan predict` then uses
                     save_model_file(best_path, job.arch, job.arch_kwargs, kept_net,
                                     {"epoch": epoch + 1, **row, "input_size": job.val_loader.dataset.size,

@@ -93,9 +93,17 @@ def _critic(name: str, params: Params, cfg: TrainingParams, runtime: Runtime) ->
     return Critic(name, wrap(disc, runtime), build_optimizer(disc, cfg.optim.lr_d, cfg.optim)), disc
 
 
-def _inputs(batch: Batch, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    return (batch["image"].to(runtime.device, non_blocking=True),
-            batch["mask"].to(runtime.device, non_blocking=True))
+def _inputs(batch: Batch, runtime: Runtime, cfg: TrainingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    return (batch["image"].to(runtime.device, non_blocking=True, memory_format=memory_format),
+            batch["mask"].to(runtime.device, non_blocking=True, memory_format=memory_format))
+
+
+def to_memory_format(cfg: TrainingParams, *modules: nn.Module) -> None:
+    """Channels-last weights when asked, in place (Module.to keeps the Parameter objects the optimisers hold)."""
+    if cfg.channels_last:
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
 
 
 class TeacherGAN:
@@ -107,8 +115,9 @@ class TeacherGAN:
         self.teacher_ddp = wrap(teacher, runtime)
         self.d1, d1 = _critic("d1", params, self.cfg, runtime)
         self.opt_g = build_optimizer(teacher, self.cfg.optim.lr, self.cfg.optim)
-        self.precision = Precision(runtime.device, self.cfg.amp)
+        self.precision = Precision(runtime.device, self.cfg.amp, self.cfg.cpu_bf16)
         self.modules = {"teacher": teacher, "d1": d1}
+        to_memory_format(self.cfg, *self.modules.values())
         self.optimizers = {"teacher": self.opt_g, "d1": self.d1.optimizer}
 
     def update_discriminators(self, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, epoch: int,
@@ -129,7 +138,7 @@ class TeacherGAN:
         return {"content": content.item(), "adv": adv.item()}
 
     def step(self, batch: Batch, epoch: int, step: int) -> dict[str, float]:
-        image, mask = _inputs(batch, self.runtime)
+        image, mask = _inputs(batch, self.runtime, self.cfg)
         with self.precision.autocast():
             logits = self.teacher_ddp(image)
         prob = torch.sigmoid(logits.float())
@@ -177,8 +186,9 @@ class DistillationGAN:
         self.d2, d2 = _critic("d2", params, self.cfg, runtime)
         self.d3, d3 = _critic("d3", params, self.cfg, runtime)
         self.opt_s = build_optimizer(self.distill, self.cfg.optim.lr, self.cfg.optim)
-        self.precision = Precision(runtime.device, self.cfg.amp)
+        self.precision = Precision(runtime.device, self.cfg.amp, self.cfg.cpu_bf16)
         self.modules = {"student": self.distill, "d2": d2, "d3": d3}
+        to_memory_format(self.cfg, self.teacher, *self.modules.values())
         self.optimizers = {"student": self.opt_s, "d2": self.d2.optimizer, "d3": self.d3.optimizer}
 
     def update_discriminators(self, image: torch.Tensor, mask: torch.Tensor, teacher_prob: torch.Tensor,
@@ -207,7 +217,7 @@ class DistillationGAN:
         return {name: value.item() for name, value in terms.items()}
 
     def step(self, batch: Batch, epoch: int, step: int) -> dict[str, float]:
-        image, mask = _inputs(batch, self.runtime)
+        image, mask = _inputs(batch, self.runtime, self.cfg)
         self.teacher.eval()
         with torch.no_grad(), self.precision.autocast():
             teacher_logits, teacher_feats = self.teacher.forward_with_features(image)
