@@ -10,11 +10,17 @@ Rows (the CUHK profile, profiles/cuhk-cpu.yaml, with one thing changed each):
     student-distilled   + consistency to the teacher's map and the feature constraint (w_adv = w_distill = 0)
     student-d2-d3       + D2 and D3 (the profile's recipe)
     student-scratch     student-d2-d3 from random weights (model.student_pretrained = false)
+  student rows of the recipe's CPU choices, each student-d2-d3 with one choice undone:
+    student-crops-224   224 px training crops, validated and evaluated at 384 (the recipe: 256 / 416)
+    student-train-only  trained on the train split alone, the kept epoch chosen on validation (the recipe:
+                        the final fit on train + val, the last epoch kept)
+    student-fp32        fp32 and contiguous tensors (the recipe: bf16 autocast and channels-last)
 Every row trains for --teacher-epochs / --student-epochs (the same for all rows of a kind; shorter than the
-profile, so that all rows fit an afternoon) with the same seed, data split and evaluation (the validation split
-at native resolution, flip TTA, as the evaluate step). A row is one command, `--row NAME`; `--all` runs the
-rows whose metrics are missing. Outputs: ROOT/<row>/{models,metrics}/; bench_accuracy.py --ablation ROOT
-turns them into the table. Tracking goes to ROOT/mlflow.db (experiment dbdgan-ablation), not the team's store.
+profile, so that all rows fit an afternoon) with the same seed, data split and evaluation (as the evaluate
+step: the test split at native resolution, flip TTA, and the SZU-BD sample with --szu, never trained on).
+A row is one command, `--row NAME`; `--all` runs the rows whose metrics are missing. Outputs:
+ROOT/<row>/{models,metrics}/; bench_accuracy.py --ablation ROOT turns them into the table. Tracking goes
+to ROOT/mlflow.db (experiment dbdgan-ablation), not the team's store.
 
 Usage: python benchmarks/bench_ablation.py --row student-alone [--seed 1] [--root runs/ablation]
        python benchmarks/bench_ablation.py --all [--data ../shared/data/cuhk-dbd]
@@ -52,6 +58,13 @@ ROWS = {row.name: row for row in (
         "pretrained, + consistency + features"),
     Row("student-d2-d3", "student", (), "pretrained, + consistency + features + D2 + D3"),
     Row("student-scratch", "student", ("model.student_pretrained=false",), "from scratch, + all terms"),
+    Row("student-crops-224", "student", ("distill_student.image_size=224", "distill_student.val_size=384"),
+        "recipe, 224 px crops (val 384)"),
+    Row("student-train-only", "student", ("distill_student.train_splits=[train]",
+                                          "distill_student.best_metric=val_score"),
+        "recipe, train split only, epoch kept on val"),
+    Row("student-fp32", "student", ("distill_student.cpu_bf16=false", "distill_student.channels_last=false"),
+        "recipe, fp32 contiguous"),
 )}
 
 
@@ -60,9 +73,10 @@ def row_dir(root: Path, row: Row, seed: int) -> Path:
 
 
 def run_row(row: Row, args: argparse.Namespace) -> Path:
-    """Train the row's network, score it on the validation split; returns its metrics folder."""
+    """Train the row's network, score it as the evaluate step does (and on --szu); returns its metrics folder."""
     from dbdgan import steps
     from dbdgan.config import load_params
+    from dbdgan.evaluation.extra import ExtraDataset
     from dbdgan.tracking import Tracking
 
     out = row_dir(args.root, row, args.seed)
@@ -85,7 +99,8 @@ def run_row(row: Row, args: argparse.Namespace) -> Path:
                               checkpoints=out / "checkpoints", tracking=tracking)
     train_s = time.perf_counter() - start
     scores = out / "metrics"
-    steps.evaluate(params, dataset=dataset, out=scores, models={row.kind: model}, tracking=tracking)
+    extra = [ExtraDataset("szu", "szu", args.szu)] if args.szu else []
+    steps.evaluate(params, dataset=dataset, out=scores, models={row.kind: model}, tracking=tracking, extra=extra)
     (out / "row.txt").write_text(f"{row.name}\n{row.what}\noverrides: {' '.join(row.overrides) or '-'}\n"
                                  f"budget: {' '.join(budget)}\nrecipe: {recipe(load_params(PROFILE))}\n"
                                  f"train_s: {train_s:.0f}\n"
@@ -97,12 +112,14 @@ def run_row(row: Row, args: argparse.Namespace) -> Path:
 
 def recipe(params) -> str:
     """The profile's knobs (before a row's changes) that a recipe change moves: learning rates, adversarial
-    weights, the weights' moving average and the validation size (where the profile sets them)."""
+    weights, the weights' moving average, crop and validation sizes, the splits fitted and the precision."""
     teacher, student = params.train_teacher, params.distill_student
 
     def ema_and_val(cfg) -> str:
         return "".join([f", ema {cfg.ema_decay:g}" if cfg.ema_decay else "",
-                        f", val {cfg.val_size}" if cfg.val_size else ""])
+                        f", crops {cfg.image_size}", f", val {cfg.val_size}" if cfg.val_size else "",
+                        f", fit on {'+'.join(cfg.train_splits)}", ", bf16" if cfg.cpu_bf16 else "",
+                        ", channels-last" if cfg.channels_last else ""])
 
     return (f"teacher lr {teacher.optim.lr:g} (encoder x{teacher.optim.encoder_lr_mult:g}), w_adv {teacher.w_adv:g}"
             f"{ema_and_val(teacher)}; student lr {student.optim.lr:g} (encoder x{student.optim.encoder_lr_mult:g}), "
@@ -131,6 +148,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cuhk-dbd")
     parser.add_argument("--teacher", type=Path, default=ROOT / "runs" / "real" / "models" / "teacher.pt",
                         help="the teacher every student row distils from")
+    szu = ROOT.parent / "shared" / "data" / "szu-bd-sample"
+    parser.add_argument("--szu", type=Path, default=szu if (szu / "gt").is_dir() else None,
+                        help="an SZU-BD folder every row is also scored on (default: the sample in ../shared)")
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="a second seed tells a real difference from noise")
