@@ -7,19 +7,18 @@ at run time, where only the artifact objects handed in by the KFP executor are a
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import logging
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dbdgan.config import Params, params_from_dict
+from dbdgan.data import manifest
 from dbdgan.tracking import Tracking
 
 log = logging.getLogger(__name__)
@@ -129,8 +128,8 @@ def scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def split_counts(data_dir: str | Path) -> dict[str, int]:
-    with (Path(data_dir) / "manifest.csv").open(newline="") as handle:
-        return dict(sorted(Counter(row["split"] for row in csv.DictReader(handle)).items()))
+    """Images per split of a prepared folder (dbdgan.data.manifest.split_counts)."""
+    return manifest.split_counts(data_dir)
 
 
 def markdown(title: str, rows: dict[str, Any], note: str = "") -> str:

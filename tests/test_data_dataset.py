@@ -121,7 +121,7 @@ def test_errors(synthetic_dir: Path, tmp_path: Path) -> None:
         DBDDataset(tmp_path, "train", size=32, augment=False)
     single = tmp_path / "single"
     prepare_dataset("synthetic", single, synthetic={"num_images": 2, "size": 32}, split={"train": 0.5, "val": 0.5})
-    with pytest.raises(ValueError, match=r"no 'test' rows \(splits present: \['train', 'val'\]\)"):
+    with pytest.raises(ValueError, match=r"no rows with split='test' \(splits present: \['train', 'val'\]\)"):
         DBDDataset(single, "test", size=32, augment=False)
 
 

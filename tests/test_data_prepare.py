@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dbdgan.data import manifest
 from dbdgan.data.imageio import ImageError
-from dbdgan.data.prepare import MANIFEST_COLUMNS, prepare_dataset, read_manifest, stratified_split
+from dbdgan.data.prepare import prepare_dataset, stratified_split
 from dbdgan.data.readers import LayoutError, read_source
 
 SYNTH = {"num_images": 24, "size": 64}
@@ -32,7 +33,7 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
 
 def test_synthetic_manifest_files_and_hashes(synthetic_dir: Path) -> None:
     with (synthetic_dir / "manifest.csv").open(newline="") as handle:
-        assert tuple(next(csv.reader(handle))) == MANIFEST_COLUMNS
+        assert tuple(next(csv.reader(handle))) == manifest.COLUMNS
     rows = _rows(synthetic_dir)
     assert len(rows) == 24 and len({r["id"] for r in rows}) == 24
     assert (synthetic_dir / "contact_sheet.png").stat().st_size > 1000
@@ -117,7 +118,7 @@ def test_prepare_cuhk_subset(shared_cuhk: Path, tmp_path: Path) -> None:
     count = len(list((raw / "images").iterdir()))
     out = tmp_path / "prepared"
     prepare_dataset("cuhk", out, input_dir=raw, seed=0, split={"train": 0.8, "val": 0.2})
-    rows = read_manifest(out)
+    rows = manifest.read(out)
     assert len(rows) == count and {r["split"] for r in rows} == {"train", "val"}
     for row in rows:
         assert (out / row["image"]).read_bytes() == (raw / "images" / Path(row["image"]).name).read_bytes()
@@ -149,7 +150,7 @@ def test_prepare_dut_inverts_polarity(tmp_path: Path) -> None:
     _fake_pairs(raw / "test_data", "source", "gt", polarity_sharp_white=True)
     out = tmp_path / "prepared"
     prepare_dataset("dut", out, input_dir=raw, seed=0)
-    rows = read_manifest(out)
+    rows = manifest.read(out)
     assert len(rows) == 12
     assert {r["id"].split("_source_")[0] for r in rows} == {"train_data", "test_data"}
     for row in rows:
@@ -167,7 +168,7 @@ def test_prepare_folder_needs_polarity_and_honours_it(tmp_path: Path) -> None:
     prepare_dataset(
         "folder", tmp_path / "out", input_dir=raw, polarity="sharp-white", split={"train": 0.5, "val": 0.5}
     )
-    row = next(r for r in read_manifest(tmp_path / "out") if r["id"] == "0")
+    row = next(r for r in manifest.read(tmp_path / "out") if r["id"] == "0")
     assert np.asarray(Image.open(tmp_path / "out" / row["mask"]))[:, :8].min() == 255
 
 
@@ -216,7 +217,7 @@ def test_greyscale_source_images_are_stored_as_rgb(tmp_path: Path) -> None:
     Image.open(raw / "images" / "0.jpg").convert("L").save(raw / "images" / "0.jpg")
     out = tmp_path / "out"
     prepare_dataset("folder", out, input_dir=raw, polarity="blurred-white", split={"train": 0.5, "val": 0.5})
-    row = next(r for r in read_manifest(out) if r["id"] == "0")
+    row = next(r for r in manifest.read(out) if r["id"] == "0")
     assert row["image"] == "images/0.png" and Image.open(out / row["image"]).mode == "RGB"
 
 

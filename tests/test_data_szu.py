@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dbdgan.data.prepare import prepare_dataset, read_manifest
+from dbdgan.data import manifest
+from dbdgan.data.prepare import prepare_dataset
 from dbdgan.data.readers import LayoutError, read_source
 
 
@@ -27,7 +28,7 @@ def test_prepare_keeps_the_release_polarity(shared_szu: Path, tmp_path: Path) ->
     few anti-aliased masks (grey edges) are thresholded at half scale."""
     out = tmp_path / "szu"
     prepare_dataset("szu", out, input_dir=shared_szu, split={"test": 1.0})
-    rows = read_manifest(out)
+    rows = manifest.read(out)
     assert len(rows) == 50 and {r["split"] for r in rows} == {"test"} and {r["source"] for r in rows} == {"szu"}
     grey = 0
     for row in rows:

@@ -7,12 +7,11 @@ version explains itself in the MLflow UI without opening a notebook.
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dbdgan.data import manifest as manifest_file
 from dbdgan.lineage import Lineage
 
 KEY_METRICS = (("infocus_max_f", "in-focus max-F", "higher"), ("max_f", "blurred max-F", "higher"),
@@ -20,7 +19,8 @@ KEY_METRICS = (("infocus_max_f", "in-focus max-F", "higher"), ("max_f", "blurred
 BASELINE_NAMES = {"baseline_laplacian": "Laplacian-energy sharpness map", "baseline_all_blurred": "all-blurred map"}
 # What a split scored beside the main one is (evaluate.extra_splits); any other label is an extra dataset
 _SPLIT_NOTES = {"train": "the training split: seen in training", "test": "the test split",
-                "val": "the validation split: it chose the kept epoch (and the recipe), so it flatters"}
+                "val": "the validation split: it chose the recipe and the kept epoch, or a final fit trained on it, "
+                       "so it flatters"}
 _LIMITS = {
     "synthetic": "Trained on generated defocus scenes only: the pipeline's smoke-test model. It has not seen real "
                  "photos and is not meant for them.",
@@ -63,9 +63,8 @@ def _code_lines(lineage: Lineage) -> list[str]:
 
 
 def split_counts(manifest: Path) -> dict[str, int]:
-    """Images per split in a prepared manifest."""
-    with Path(manifest).open(newline="", encoding="utf-8") as handle:
-        return dict(sorted(Counter(row["split"] for row in csv.DictReader(handle)).items()))
+    """Images per split in a prepared manifest (dbdgan.data.manifest.split_counts)."""
+    return manifest_file.split_counts(manifest)
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:

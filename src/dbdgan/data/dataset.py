@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, ImageError, image_to_rgb, open_image
-from dbdgan.data.prepare import SPLITS, read_manifest
+from dbdgan.data import manifest
+from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, ImageError, image_to_rgb, load_mask, open_image
+from dbdgan.data.manifest import SPLITS
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels, as PIL's resize takes it
 
@@ -50,11 +51,7 @@ class DBDDataset(Dataset):
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 1 (crop area fraction), got {scale}")
         self.data_dir = Path(data_dir)
-        rows = read_manifest(self.data_dir)
-        self.rows = [row for row in rows if row["split"] == split]
-        if not self.rows:
-            present = sorted({row["split"] for row in rows})
-            raise ValueError(f"{self.data_dir / 'manifest.csv'} has no {split!r} rows (splits present: {present})")
+        self.rows = manifest.read(self.data_dir, split)
         self.split, self.size, self.augment, self.seed = split, size, augment, int(seed)
         self.scale, self.ratio, self.hflip, self.jitter = scale, ratio, hflip, jitter
         self.max_pixels = max_pixels
@@ -93,9 +90,8 @@ class DBDDataset(Dataset):
         image = open_image(image_path, self.max_pixels, draft_size=draft)
         if image.mode != "RGB":
             image = Image.fromarray(image_to_rgb(image))
-        mask = open_image(mask_path, self.max_pixels)
-        if mask.mode != "L":
-            mask = mask.convert("L")
+        # by the rule validation checked it with: 0/255 (or 0/1, 16-bit, ...) labels, read as 0/255 grey
+        mask = Image.fromarray(np.multiply(load_mask(mask_path, self.max_pixels), 255, dtype=np.uint8))
         if mask.size != (width, height):
             raise ImageError(mask_path, f"size {mask.size} differs from the manifest's {(width, height)}")
         factor = max(1, round(width / image.width))  # JPEG draft decodes at 1/factor scale

@@ -1,5 +1,10 @@
 """Safe image and mask loading: every failure is an ImageError that names the file and the reason.
 
+The rules are the same for everyone who reads a dataset: prepare (raw pairs), training and evaluation
+(`open_image`, `load_mask`) and validation, which calls `inspect_image` / `inspect_mask`: the same checks in
+report mode, where a problem is returned in a `FileReport` instead of raised, so that every file of a
+dataset can be judged in one pass.
+
 Datasets are read as stored: EXIF orientation is ignored on purpose, because dataset masks are annotated on
 the stored pixel grid (prepare records the tag, validation reports it). Prediction reads photos the way a
 viewer shows them (`upright`), so a map lies over the photo as a person sees it.
@@ -7,9 +12,11 @@ viewer shows them (`upright`), so a map lies over the photo as a person sees it.
 
 from __future__ import annotations
 
+import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,8 +50,15 @@ def open_image(
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")
+    return _decode(path, path, max_pixels, draft_size)
+
+
+def _decode(
+    source: Path | IO[bytes], path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """open_image's checks and decoding, of `source` (the file or its bytes); errors name `path`."""
     try:
-        image = Image.open(path)
+        image = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"decompression bomb refused by PIL's pixel limit ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -65,8 +79,11 @@ def open_image(
         image.draft("RGB", draft_size)
     try:
         image.load()
-    except OSError as exc:  # PIL reports truncated/corrupt data as OSError ("image file is truncated ...")
+    except Image.DecompressionBombError as exc:  # some formats only know their size once decoding starts
         image.close()
+        raise ImageError(path, f"decompression bomb refused by PIL's pixel limit ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated/corrupt data: OSError ("image file is
+        image.close()  # truncated ..."), and for some corrupt headers SyntaxError or ValueError
         raise ImageError(path, f"truncated or corrupt image data ({exc})") from exc
     return image
 
@@ -143,6 +160,38 @@ def _mask_values(path: Path, image: Image.Image) -> tuple[np.ndarray, float, boo
     raise ImageError(path, f"unsupported mask mode {mode!r}")
 
 
+_THRESHOLD_LUMINANCE = " (pass binarize=True to threshold luminance)"
+_THRESHOLD_HALF_SCALE = " (pass binarize=True to threshold at half scale)"
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (a histogram for 8-bit data: the common case, and far cheaper than a sort)."""
+    if values.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(values.ravel(), minlength=256)).astype(np.uint8)
+    return np.unique(values)
+
+
+def _labels(path: Path, image: Image.Image, polarity: str, binarize: bool) -> tuple[np.ndarray, str]:
+    """The mask's labels in {0, 1}, 1 = blurred: (labels, "") or, when they are unusable, (empty, reason);
+    the reason leaves out the advice `load_mask` adds (binarize=True). A mode no rule reads raises."""
+    values, full, channels_differ = _mask_values(path, image)
+    if channels_differ and not binarize:
+        return np.empty((0, 0), np.uint8), "RGB mask with differing colour channels"
+    present = _unique(values)
+    if np.isin(present, (0, full)).all():
+        mask = (values == full).astype(np.uint8)
+    elif np.isin(present, (0, 1)).all():
+        mask = values.astype(np.uint8)
+    elif binarize:
+        mask = (values >= full / 2).astype(np.uint8)
+    else:
+        shown = ", ".join(str(v) for v in present[:8]) + (" ..." if present.size > 8 else "")
+        return np.empty((0, 0), np.uint8), f"mask is not binary: values {shown}"
+    if polarity == "sharp-white":
+        mask = 1 - mask
+    return np.ascontiguousarray(mask), ""
+
+
 def load_mask(
     path: str | Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -160,19 +209,76 @@ def load_mask(
         raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
     path = Path(path)
     with open_image(path, max_pixels) as image:
-        values, full, channels_differ = _mask_values(path, image)
-    if channels_differ and not binarize:
-        raise ImageError(path, "RGB mask with differing colour channels (pass binarize=True to threshold luminance)")
-    present = np.unique(values)
-    if np.isin(present, (0, full)).all():
-        mask = (values == full).astype(np.uint8)
-    elif np.isin(present, (0, 1)).all():
-        mask = values.astype(np.uint8)
-    elif binarize:
-        mask = (values >= full / 2).astype(np.uint8)
-    else:
-        shown = ", ".join(str(v) for v in present[:8]) + (" ..." if present.size > 8 else "")
-        raise ImageError(path, f"mask is not binary: values {shown} (pass binarize=True to threshold at half scale)")
-    if polarity == "sharp-white":
-        mask = 1 - mask
-    return np.ascontiguousarray(mask)
+        mask, problem = _labels(path, image, polarity, binarize)
+    if problem:
+        advice = _THRESHOLD_LUMINANCE if problem.startswith("RGB mask") else _THRESHOLD_HALF_SCALE
+        raise ImageError(path, problem + advice)
+    return mask
+
+
+# ---------------------------------------------------------------- report mode
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What reading one image or mask file by the rules above found: the problem, never an exception.
+
+    `error` is why the file cannot be read or decoded (an ImageError's reason), `label_error` (masks) why
+    its pixels are not a usable label; `sha256` is of the bytes that were decoded.
+    """
+
+    path: Path
+    sha256: str | None = None
+    error: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    label_error: str | None = None  # masks only
+    blur_fraction: float | None = None  # masks only: the fraction of pixels labelled blurred
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.label_error is None
+
+
+def _inspect(path: str | Path, max_pixels: int, mask_polarity: str | None) -> FileReport:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return FileReport(path, error="file not found")
+    except OSError as exc:
+        return FileReport(path, error=f"unreadable file ({exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        image = _decode(io.BytesIO(data), path, max_pixels)
+    except ImageError as exc:
+        return FileReport(path, sha, error=exc.reason)
+    except Exception as exc:  # noqa: BLE001 - a PIL plugin may raise anything on a crafted file: report it
+        return FileReport(path, sha, error=f"cannot decode ({type(exc).__name__}: {exc})")
+    with image:
+        facts = {"sha256": sha, "mode": image.mode, "width": image.width, "height": image.height}
+        if mask_polarity is None:
+            return FileReport(path, **facts)
+        try:
+            labels, problem = _labels(path, image, mask_polarity, binarize=False)
+        except ImageError as exc:
+            return FileReport(path, **facts, label_error=exc.reason)
+    if problem:
+        return FileReport(path, **facts, label_error=problem)
+    return FileReport(path, **facts, blur_fraction=float(np.count_nonzero(labels) / labels.size))
+
+
+def inspect_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileReport:
+    """open_image in report mode: the file's hash, mode and size, or why open_image would refuse it."""
+    return _inspect(path, max_pixels, None)
+
+
+def inspect_mask(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, polarity: str = "blurred-white"
+) -> FileReport:
+    """load_mask (strict: binarize=False) in report mode: the file's hash, mode, size and blurred
+    fraction, or why load_mask would refuse it (`error` for the file, `label_error` for its values)."""
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
+    return _inspect(path, max_pixels, polarity)

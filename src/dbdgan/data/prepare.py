@@ -3,7 +3,7 @@
 Layout of `out_dir` (written as a whole, atomically: built in a temp dir beside it, then renamed):
     images/<id>.<ext>   RGB images (originals copied byte for byte when already RGB JPEG/PNG)
     masks/<id>.png      8-bit masks, 0 = in focus, 255 = blurred
-    manifest.csv        one row per sample, columns MANIFEST_COLUMNS
+    manifest.csv        one row per sample (dbdgan.data.manifest: its columns, reading, writing)
     contact_sheet.png   a few samples with their masks, for a person to look at
     prepare.json        the marker that this folder is a prepared output (source, count, EXIF orientations):
                         prepare replaces only an empty folder or one holding this marker
@@ -11,9 +11,7 @@ Layout of `out_dir` (written as a whole, atomically: built in a temp dir beside 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dbdgan.data import manifest
 from dbdgan.data.contact_sheet import save_contact_sheet
 from dbdgan.data.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -38,29 +37,17 @@ from dbdgan.data.imageio import (
     load_mask,
     open_image,
 )
+from dbdgan.data.manifest import SPLITS
+from dbdgan.data.manifest import read as read_manifest  # noqa: F401 - the name older callers import
 from dbdgan.data.readers import LOSSY_MASK_EXTENSIONS, SOURCES, SamplePair, read_source
 from dbdgan.data.synthetic import SyntheticOptions, generate_sample, sample_rng
 from dbdgan.io_utils import atomic_dir, atomic_write_json
 from dbdgan.progress import progress
 
-MANIFEST_COLUMNS = (
-    "id",
-    "split",
-    "source",
-    "image",
-    "mask",
-    "width",
-    "height",
-    "channels",
-    "blur_fraction",
-    "image_sha256",
-    "mask_sha256",
-)
-SPLITS = ("train", "val", "test")
 MARKER = "prepare.json"
 PNG_FORMAT = {"format": "PNG", "compress_level": 6}  # prepared masks and lossless-converted photos
 # What a prepared folder written before the marker existed holds: such a folder may be replaced too.
-_LEGACY_ENTRIES = frozenset({"images", "masks", "manifest.csv", "contact_sheet.png"})
+_LEGACY_ENTRIES = frozenset({"images", "masks", manifest.FILENAME, "contact_sheet.png"})
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 CONTACT_SHEET_SAMPLES = 16
 _PARALLEL_MIN_ITEMS = 64  # below this a process pool costs more than it saves
@@ -225,15 +212,6 @@ def _run(task: Callable[[Any], Record], jobs: list[Any], workers: int) -> list[R
 # ---------------------------------------------------------------------------------------------- manifest
 
 
-def _manifest_text(records: list[Record]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for record in sorted(records, key=lambda r: r["id"]):
-        writer.writerow({**record, "blur_fraction": f"{record['blur_fraction']:.6f}"})
-    return buffer.getvalue()
-
-
 def _contact_sheet(root: Path, records: list[Record], samples: int) -> None:
     picked = sorted(records, key=lambda r: r["id"])
     step = max(1, len(picked) // samples)
@@ -255,10 +233,9 @@ def _is_prepared_output(folder: Path) -> bool:
     if (folder / MARKER).is_file():
         return True
     entries = {p.name for p in folder.iterdir()}
-    if not entries or not entries <= _LEGACY_ENTRIES or "manifest.csv" not in entries:
+    if not entries or not entries <= _LEGACY_ENTRIES or manifest.FILENAME not in entries:
         return False
-    with (folder / "manifest.csv").open(newline="", encoding="utf-8", errors="replace") as handle:
-        return tuple(next(csv.reader(handle), [])) == MANIFEST_COLUMNS
+    return manifest.has_header(folder)
 
 
 def check_replaceable(out_dir: Path, input_dir: Path | None) -> None:
@@ -336,11 +313,11 @@ def prepare_dataset(
         for record in records:
             record["split"] = assignment[record["id"]]
             record["source"] = source
-        (root / "manifest.csv").write_text(_manifest_text(records), encoding="utf-8")
+        manifest.write(root, records)
         _contact_sheet(root, records, CONTACT_SHEET_SAMPLES)
         atomic_write_json(root / MARKER, {"format": 1, "source": source, "samples": len(records),
                                           "exif_orientation": dict(sorted(oriented.items()))})
-    return out_dir / "manifest.csv"
+    return manifest.manifest_path(out_dir)
 
 
 def read_marker(data_dir: Path) -> dict[str, Any]:
@@ -350,15 +327,3 @@ def read_marker(data_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def read_manifest(data_dir: Path) -> list[dict[str, str]]:
-    """Rows of data_dir/manifest.csv as dicts; a missing file or wrong header is a clear error."""
-    path = Path(data_dir) / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path}: run `dbdgan prepare` for this folder first")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise ValueError(f"{path}: columns {reader.fieldnames} differ from {list(MANIFEST_COLUMNS)}")
-        return list(reader)

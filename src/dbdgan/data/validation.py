@@ -1,38 +1,35 @@
 """Validate a prepared dataset folder with a Great Expectations suite before anything trains on it.
 
 The manifest alone cannot say whether a JPEG is truncated or a mask is grey, so every file is opened once
-to compute per-row facts (readable, mode, sizes, mask values, recomputed blur fraction and hashes). One GX
-suite then runs over manifest + facts; GX's unexpected-row lists are mapped back to file names so that a
-failure says which file broke which expectation. Data Docs (HTML) and a JSON summary land in report_dir.
+to compute per-row facts (readable, mode, sizes, mask values, recomputed blur fraction and hashes), through
+`dbdgan.data.imageio` in report mode: by the very rules training and evaluation load them with, so that a
+file validation passes is a file they can read. One GX suite then runs over manifest + facts; GX's
+unexpected-row lists are mapped back to file names so that a failure says which file broke which
+expectation. Data Docs (HTML) and a JSON summary land in report_dir.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dbdgan.data import manifest as manifest_file
+from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, FileReport, inspect_image, inspect_mask
+from dbdgan.data.manifest import COLUMNS as MANIFEST_COLUMNS
+from dbdgan.data.manifest import SPLITS
 from dbdgan.io_utils import atomic_dir, atomic_write_json
 from dbdgan.progress import progress
 
-MANIFEST_COLUMNS = (
-    "id", "split", "source", "image", "mask", "width", "height", "channels",
-    "blur_fraction", "image_sha256", "mask_sha256",
-)  # fmt: skip
-NUMERIC_COLUMNS = ("width", "height", "channels", "blur_fraction")
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-DEFAULT_MAX_PIXELS = 64_000_000  # same default as dbdgan.data.imageio: ~190 MB as decoded RGB
 BLUR_FRACTION_TOLERANCE = 1e-3  # the manifest may store a rounded fraction
 FACT_COLUMNS = (
     "image_sha256_actual", "image_error", "image_mode", "image_width", "image_height", "mask_sha256_actual",
@@ -171,7 +168,7 @@ def validate_dataset(
         data_dir=data_dir,
         n_rows=len(manifest),
         n_images_on_disk=len(on_disk),
-        split_counts={s: int((manifest["split"] == s).sum()) for s in SPLITS},
+        split_counts=_split_counts(manifest),
         evaluated_expectations=len(results.results),
         failures=failures,
         warnings=warned,
@@ -200,20 +197,17 @@ def _orientation_notes(data_dir: Path) -> list[str]:
 
 
 def _read_manifest(data_dir: Path) -> pd.DataFrame:
-    path = data_dir / "manifest.csv"
-    if not path.is_file():
-        raise DataValidationError(f"{path}: manifest not found (run `dbdgan prepare` first)")
+    """The manifest's raw values (dbdgan.data.manifest.read_table): bad values are the suite's to report."""
     try:
-        manifest = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataValidationError(f"{path}: unreadable manifest: {exc}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise DataValidationError(f"{path}: manifest lacks columns {missing} (has {list(manifest.columns)})")
-    manifest = manifest.loc[:, list(MANIFEST_COLUMNS)].copy()
-    for col in NUMERIC_COLUMNS:
-        manifest[col] = pd.to_numeric(manifest[col], errors="coerce")
-    return manifest
+        return manifest_file.read_table(data_dir)
+    except (FileNotFoundError, manifest_file.ManifestError) as exc:
+        raise DataValidationError(str(exc)) from exc
+
+
+def _split_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """Rows of each split, every split named (an empty one as 0), in SPLITS order."""
+    counts = manifest_file.count(manifest["split"].dropna())
+    return {split: counts.get(split, 0) for split in SPLITS}
 
 
 def _images_on_disk(data_dir: Path) -> list[str]:
@@ -270,69 +264,31 @@ def _facts(data_dir: Path, manifest: pd.DataFrame, max_pixels: int) -> pd.DataFr
     return pd.DataFrame(facts, index=manifest.index, columns=FACT_COLUMNS)
 
 
+def _inspect(data_dir: Path, rel: Any, max_pixels: int, mask: bool) -> FileReport:
+    """The file a manifest path names, read in report mode (a path outside the folder is not opened)."""
+    problem = manifest_file.path_problem(rel)
+    if problem:
+        return FileReport(Path(str(rel)), error=problem)
+    path = data_dir / rel
+    return inspect_mask(path, max_pixels) if mask else inspect_image(path, max_pixels)
+
+
 def _row_facts(data_dir: Path, image_rel: Any, mask_rel: Any, max_pixels: int) -> dict[str, Any]:
-    facts: dict[str, Any] = {}
-    image, facts["image_sha256_actual"], facts["image_error"] = _open(data_dir, image_rel, max_pixels)
-    facts["image_mode"] = image.mode if image else None
-    facts["image_width"], facts["image_height"] = image.size if image else (None, None)
-    mask, facts["mask_sha256_actual"], facts["mask_error"] = _open(data_dir, mask_rel, max_pixels)
-    facts["mask_width"], facts["mask_height"] = mask.size if mask else (None, None)
-    facts["mask_non_binary"] = facts["blur_fraction_actual"] = None
-    if mask is not None:
-        values, colour_problem = _mask_values(mask)
-        if colour_problem:
-            facts["mask_non_binary"] = colour_problem
-        else:
-            bad = (values != 0) & (values != 255)
-            n_bad = int(np.count_nonzero(bad))
-            if n_bad:
-                shown = np.unique(values[bad])[:5].tolist()
-                facts["mask_non_binary"] = f"{n_bad} px not in {{0, 255}}, e.g. values {shown}"
-            else:
-                facts["blur_fraction_actual"] = float(np.count_nonzero(values) / values.size)
-    return facts
-
-
-def _open(data_dir: Path, rel: Any, max_pixels: int) -> tuple[Image.Image | None, str | None, str | None]:
-    """(decoded image, sha256 of the file bytes, error reason); any failure becomes a reason, not a crash."""
-    if not isinstance(rel, str) or not rel:
-        return None, None, "no path in manifest"
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts:
-        return None, None, f"path {rel!r} is not relative inside the dataset folder"
-    path = data_dir / pure
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, None, "file not found"
-    except OSError as exc:
-        return None, None, f"unreadable file: {exc}"
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            reason = f"{width}x{height} = {width * height} px exceeds max_pixels={max_pixels}"
-            return None, sha, f"decompression bomb guard: {reason}"
-        img.load()
-    except Image.DecompressionBombError as exc:
-        return None, sha, f"decompression bomb guard (PIL): {exc}"
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError...)
-        return None, sha, f"cannot decode: {type(exc).__name__}: {exc}"
-    return img, sha, None
-
-
-def _mask_values(mask: Image.Image) -> tuple[np.ndarray, str | None]:
-    """Grey values of a mask; colour masks are accepted only when their colour channels agree."""
-    if mask.mode in ("1", "P", "PA"):
-        mask = mask.convert("RGBA")
-    arr = np.asarray(mask)
-    if arr.ndim == 2:
-        return arr, None
-    colour = arr[..., : min(3, arr.shape[2])] if mask.mode not in ("LA", "La") else arr[..., :1]
-    if not (colour == colour[..., :1]).all():
-        return colour[..., 0], f"{mask.mode} mask whose colour channels differ"
-    return colour[..., 0], None
+    image = _inspect(data_dir, image_rel, max_pixels, mask=False)
+    mask = _inspect(data_dir, mask_rel, max_pixels, mask=True)
+    return {
+        "image_sha256_actual": image.sha256,
+        "image_error": image.error,
+        "image_mode": image.mode,
+        "image_width": image.width,
+        "image_height": image.height,
+        "mask_sha256_actual": mask.sha256,
+        "mask_error": mask.error,
+        "mask_width": mask.width,
+        "mask_height": mask.height,
+        "mask_non_binary": mask.label_error,
+        "blur_fraction_actual": mask.blur_fraction,
+    }
 
 
 # ---------------------------------------------------------------- the GX suite

@@ -1,14 +1,13 @@
 """Score one or more models on one split of a prepared dataset and write what `dvc metrics/plots` shows.
 
-Reads ``data_dir/manifest.csv`` and the image/mask files itself (a few lines of PIL) so evaluation needs
-nothing from the training data pipeline. Per image: the RGB input is optionally resized to ``input_size``
+Reads ``data_dir/manifest.csv`` (``dbdgan.data.manifest``) and the image/mask files (``dbdgan.data.imageio``),
+not the training data pipeline. Per image: the RGB input is optionally resized to ``input_size``
 (bilinear, antialiased), the model's logits go through a sigmoid, and the probability map is resized back
 (bilinear) to the ground truth's native size; the metrics (``metrics.DBDMetrics``) compare at that size.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -19,15 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dbdgan.data import manifest
 from dbdgan.data.imageio import DEFAULT_MAX_PIXELS, load_mask, load_rgb
-from dbdgan.evaluation.efficiency import eval_mode
 from dbdgan.evaluation.metrics import INFOCUS_PREFIX, DBDMetrics
 from dbdgan.evaluation.plots import GridRow, plot_curves, save_grid, thumbnail, write_curve_csvs
 from dbdgan.evaluation.scores import write_scores
 from dbdgan.inference import InputSize, blur_maps, prepare_network, size_tuple
+from dbdgan.models.info import eval_mode
 from dbdgan.progress import progress
 
-MANIFEST_COLUMNS = ("id", "split", "image", "mask")
 CURVE_KEYS = ("thresholds", "precision", "recall", "f")
 GRID_CELL = 160
 BATCH_SIZE = 8  # images read and run together (same-size network inputs share a network batch)
@@ -43,24 +42,10 @@ class Sample:
 
 
 def read_split(data_dir: Path, split: str) -> list[Sample]:
-    """Rows of ``manifest.csv`` in ``split``, sorted by id (a stable order for the grid and reports)."""
-    manifest = Path(data_dir) / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no manifest; prepare the dataset first")
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{manifest}: missing column(s) {missing}; has {reader.fieldnames}")
-        rows = list(reader)
-    samples = [
-        Sample(r["id"], Path(data_dir) / r["image"], Path(data_dir) / r["mask"])
-        for r in rows
-        if r["split"] == split
-    ]
-    if not samples:
-        splits = sorted({r["split"] for r in rows})
-        raise ValueError(f"{manifest}: no rows with split={split!r}; splits present: {splits}")
+    """Rows of ``manifest.csv`` in ``split`` (``dbdgan.data.manifest.read``), sorted by id (a stable order
+    for the grid and reports)."""
+    samples = [Sample(r["id"], Path(data_dir) / r["image"], Path(data_dir) / r["mask"])
+               for r in manifest.read(data_dir, split)]
     return sorted(samples, key=lambda s: s.id)
 
 
