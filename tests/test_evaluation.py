@@ -149,5 +149,5 @@ def test_read_split_and_bad_input(data_dir, tmp_path):
     with pytest.raises(ValueError, match="s1.png"):
         evaluate_models({"p": perfect_model()}, data_dir, "test", tmp_path / "m")
     (data_dir / "manifest.csv").write_text("id,split,image\nx,test,images/x.png\n")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['mask'\]"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['source', 'mask', "):
         read_split(data_dir, "test")
