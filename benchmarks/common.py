@@ -1,6 +1,6 @@
 """What every benchmark script shares: the allocator switch, machine facts, timing, and result files.
 
-Timings on a CPU depend on the thread count, the memory allocator (DESIGN.md: glibc's default allocator
+Timings on a CPU depend on the thread count, the memory allocator (benchmarks/README.md: glibc's default allocator
 returns large freed tensors to the kernel and re-faults them, which can cost as much as the compute) and
 whatever else the machine is running, so every result file records all three beside the numbers.
 """

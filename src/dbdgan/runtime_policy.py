@@ -1,7 +1,7 @@
 """The process's CPU policy: OpenMP threads that sleep when idle, and an allocator that keeps freed memory.
 
 Imported first by `dbdgan/__init__.py`, so every entry point (the `dbdgan` command, the DVC stages that call
-it, the KFP components, the MLflow pyfunc) runs with it and `make` is not needed for speed (DESIGN.md,
+it, the KFP components, the MLflow pyfunc) runs with it and `make` is not needed for speed (docs/operations.md: CPU
 performance notes). Nothing the user set is overridden:
 
 - `OMP_WAIT_POLICY=PASSIVE` goes into the environment (setdefault) before torch loads libgomp, which reads it
