@@ -1,7 +1,9 @@
-"""imageio: every bad file is an ImageError naming it; masks come out as {0, 1} with 1 = blurred."""
+"""imageio: every bad file is an ImageError naming it; masks come out as {0, 1} with 1 = blurred; report mode
+(inspect_image / inspect_mask) returns the same verdicts as facts."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dbdgan.data.imageio import ImageError, load_mask, load_rgb
+from dbdgan.data.imageio import ImageError, inspect_image, inspect_mask, load_mask, load_rgb
 
 
 def _save(path: Path, array: np.ndarray, mode: str | None = None, **kwargs) -> Path:
@@ -142,3 +144,72 @@ def test_lossy_mask_can_be_binarized(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="not binary"):
         load_mask(path)
     assert (load_mask(path, binarize=True) == disk).mean() > 0.99
+
+
+# ---------------------------------------------------------------- report mode (what validation reads with)
+
+
+def _masks(tmp_path: Path) -> list[Path]:
+    """Masks of every kind the rules tell apart: usable ones and ones load_mask refuses."""
+    grey = _binary() * 255
+    wide = tmp_path / "wide.png"
+    Image.fromarray(_binary().astype(np.uint16) * 65535).save(wide)
+    return [
+        _save(tmp_path / "grey.png", grey),
+        _save(tmp_path / "zero_one.png", _binary()),
+        _save(tmp_path / "one.png", grey, mode="1"),
+        _save(tmp_path / "pal.png", grey, mode="P"),
+        _save(tmp_path / "rgba.png", np.dstack([grey, grey, grey, np.full_like(grey, 255)])),
+        _save(tmp_path / "alpha.png", np.dstack([np.zeros_like(grey)] * 3 + [grey])),
+        wide,
+        _save(tmp_path / "soft.png", (_binary() * 200 + 20).astype(np.uint8)),
+        _save(tmp_path / "colour.png", np.dstack([grey, grey // 2, np.zeros_like(grey)])),
+        _save(tmp_path / "cmyk.jpg", np.dstack([grey, grey, grey]), mode="CMYK"),
+    ]
+
+
+def test_inspect_mask_judges_every_mask_as_load_mask_does(tmp_path: Path) -> None:
+    """Report mode is load_mask's rule, not a copy of it: the same masks pass, with the same labels."""
+    for path in _masks(tmp_path):
+        report = inspect_mask(path)
+        assert report.error is None and report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (report.width, report.height) == (32, 32), path
+        try:
+            labels = load_mask(path)
+        except ImageError as exc:
+            assert not report.ok and report.label_error and report.label_error in exc.reason, path
+            assert report.blur_fraction is None
+        else:
+            assert report.ok and report.label_error is None, (path, report)
+            assert report.blur_fraction == float(labels.mean()) == 0.5, path
+
+
+def test_inspect_mask_reports_the_reason_without_the_binarize_advice(tmp_path: Path) -> None:
+    soft, colour, cmyk = _masks(tmp_path)[-3:]
+    assert inspect_mask(soft).label_error == "mask is not binary: values 20, 220"
+    assert inspect_mask(colour).label_error == "RGB mask with differing colour channels"
+    assert inspect_mask(cmyk).label_error == "unsupported mask mode 'CMYK'"
+    with pytest.raises(ValueError, match="polarity"):
+        inspect_mask(soft, polarity="white")
+
+
+def test_inspect_image_reports_instead_of_raising(tmp_path: Path) -> None:
+    good = _save(tmp_path / "a.jpg", _noise_rgb(64), quality=95)
+    report = inspect_image(good)
+    assert report.ok and (report.mode, report.width, report.height) == ("RGB", 64, 64)
+    assert report.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image at all")
+    bomb = _save(tmp_path / "bomb.png", np.zeros((100, 100, 3), dtype=np.uint8))
+    for path, max_pixels in ((broken, 10**6), (garbage, 10**6), (bomb, 5000), (tmp_path / "nothere.jpg", 10**6)):
+        with pytest.raises(ImageError) as raised:
+            load_rgb(path, max_pixels)
+        report = inspect_image(path, max_pixels)  # the same check, as a fact: the same reason
+        assert not report.ok and report.error == raised.value.reason, path
+        assert report.mode is None and report.width is None
+        assert (report.sha256 is None) == (path.name == "nothere.jpg")
+    assert inspect_image(broken).error.startswith("truncated or corrupt image data")
+    assert inspect_image(tmp_path).error.startswith("unreadable file")  # a folder where a file should be
