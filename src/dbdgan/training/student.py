@@ -7,6 +7,7 @@ from typing import Any
 
 from dbdgan.checkpoint import init_weights_from, load_model_file
 from dbdgan.config import Params
+from dbdgan.data import manifest
 from dbdgan.io_utils import file_sha256
 from dbdgan.models import create_model
 from dbdgan.tracking import Tracking
@@ -45,7 +46,7 @@ def distill_student(params: Params, dataset: Path, teacher: Path, out: Path, che
             checkpoint_dir=Path(checkpoints), out_path=Path(out),
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs"}),
-                                        file_sha256(Path(dataset) / "manifest.csv"), teacher_sha,
+                                        manifest.sha256(dataset), teacher_sha,
                                         runtime.world_size, init_sha),
             extra_metadata={"teacher_sha256": teacher_sha,
                             **({"init_from_sha256": init_sha} if init_sha else {})},

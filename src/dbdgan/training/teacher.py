@@ -7,6 +7,7 @@ from typing import Any
 
 from dbdgan.checkpoint import init_weights_from
 from dbdgan.config import Params
+from dbdgan.data import manifest
 from dbdgan.io_utils import file_sha256
 from dbdgan.models import create_model
 from dbdgan.tracking import Tracking
@@ -43,7 +44,7 @@ def train_teacher(params: Params, dataset: Path, out: Path, checkpoints: Path, t
             checkpoint_dir=Path(checkpoints), out_path=Path(out),
             run_fingerprint=fingerprint(params.seed, params.model.model_dump(mode="json"),
                                         cfg.model_dump(mode="json", exclude={"epochs"}),
-                                        file_sha256(Path(dataset) / "manifest.csv"), runtime.world_size,
+                                        manifest.sha256(dataset), runtime.world_size,
                                         init_sha),
             extra_metadata={"init_from_sha256": init_sha} if init_sha else {},
         )
