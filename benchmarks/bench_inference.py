@@ -4,7 +4,7 @@ Per model, at --size (320, the paper's input) and on random input (cost does not
   - parameters, GFLOPs of one forward pass (torch's FlopCounterMode: 2 per multiply-add), weights size;
   - PyTorch latency at batch 1 and throughput at batch --throughput-batch: medians after warm-up, under
     inference_mode, of the network as prediction runs it (batch norm folded, channels-last:
-    dbdgan.evaluation.efficiency.model_efficiency), beside the unfolded NCHW training network at batch 1;
+    dbdgan.inference.model_cost), beside the unfolded NCHW training network at batch 1;
   - GFLOP/s = GFLOPs / latency (or x throughput): how much of the CPU a network uses;
   - onnxruntime latency at batch 1 (CPU provider, as many threads as torch, idle threads sleeping unless
     --ort-spinning): the model is exported to a temp dir with export_onnx (which verifies the graph against
@@ -59,8 +59,9 @@ PAIRS = [
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from dbdgan.evaluation.efficiency import measure_ms, model_efficiency
+    from dbdgan.inference import model_cost
     from dbdgan.models import create_model
+    from dbdgan.models.info import measure_ms
 
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -68,7 +69,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     runs = min(args.runs, args.heavy_runs) if heavy else args.runs
     throughput_runs = 1 if heavy else args.throughput_runs
     start = time.perf_counter()
-    eff = model_efficiency(
+    eff = model_cost(
         model, size=args.size, warmup=args.warmup, runs=runs,
         throughput_batch=args.throughput_batch, throughput_runs=throughput_runs,
     )
@@ -102,8 +103,8 @@ def onnx_row(model: Any, name: str, args: argparse.Namespace, runs: int) -> dict
     import numpy as np
     import torch
 
-    from dbdgan.evaluation.onnx_export import INPUT_NAME, export_onnx, ort_session
     from dbdgan.inference import prepare_network
+    from dbdgan.inference_onnx import INPUT_NAME, export_onnx, ort_session
 
     threads = args.ort_threads or torch.get_num_threads()
     fast = prepare_network(model)
@@ -137,7 +138,7 @@ def int8_latency(path: Path, tmp: Path, args: argparse.Namespace, runs: int, thr
     the ranges; the accuracy section calibrates on training photos)."""
     import numpy as np
 
-    from dbdgan.evaluation.onnx_export import INPUT_NAME, ort_session, quantize_onnx
+    from dbdgan.inference_onnx import INPUT_NAME, ort_session, quantize_onnx
 
     rng = np.random.default_rng(0)
     calibration = [rng.random((1, 3, args.size, args.size), dtype=np.float32) for _ in range(2)]
@@ -160,14 +161,8 @@ def int8_accuracy(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
     from dbdgan.evaluation.evaluate import evaluate_models, read_split
-    from dbdgan.evaluation.onnx_export import (
-        INPUT_NAME,
-        OnnxModel,
-        calibration_from_files,
-        export_onnx,
-        quantize_onnx,
-    )
-    from dbdgan.inference import load_predictor
+    from dbdgan.inference import calibration_from_files, load_predictor
+    from dbdgan.inference_onnx import INPUT_NAME, OnnxModel, export_onnx, quantize_onnx
 
     if args.int8_model is None or not args.int8_model.is_file() or not (args.int8_data / "manifest.csv").is_file():
         print(f"int8 accuracy skipped: no model file {args.int8_model} or no prepared data in {args.int8_data}")

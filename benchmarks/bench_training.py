@@ -126,8 +126,8 @@ def inference_rate(network: Any, image: Any, warmup: int, steps: int) -> dict[st
     """img/s and GFLOP/s of `network` on the batch `image`, as prediction runs it."""
     import torch
 
-    from dbdgan.evaluation.efficiency import count_flops
     from dbdgan.inference import prepare_network
+    from dbdgan.models.info import count_flops
 
     network = network.eval()
     flops = count_flops(network, tuple(image.shape[-2:]), batch=image.shape[0])

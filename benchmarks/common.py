@@ -115,7 +115,7 @@ def set_threads(threads: int | None) -> None:
 
 def timed_median(fn: Callable[[], object], warmup: int, runs: int) -> tuple[float, list[float]]:
     """Median seconds of `runs` timed calls after `warmup` untimed ones, and every timed call's seconds."""
-    from dbdgan.evaluation.efficiency import timed_runs
+    from dbdgan.models.info import timed_runs
 
     times = timed_runs(fn, warmup, runs)
     return statistics.median(times), times

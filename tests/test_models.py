@@ -15,9 +15,9 @@ from dbdgan.models import (
     create_discriminator,
     create_model,
     list_models,
-    model_info,
 )
 from dbdgan.models.blocks import DenseASPP, SelfAttention2d, crop_to, pad_to_multiple
+from dbdgan.models.info import count_flops, eval_mode, model_device, timed_runs
 
 TINY = ["teacher_tiny", "mobile_tiny", "efficientunet_tiny"]
 
@@ -163,15 +163,27 @@ def test_discriminator_errors() -> None:
     assert unconditional(torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)).shape == (1, 1, 2, 2)
 
 
-def test_model_info_reports_cost() -> None:
+def test_model_cost_times_the_prepared_network_and_leaves_the_model_as_it_was() -> None:
+    from dbdgan.inference import model_cost
+
     model = create_model("mobile_tiny").train()
-    info = model_info(model, size=64, batch=2, latency_runs=2, warmup=1)
-    assert info["params"] == count_parameters(model)
-    assert info["flops"] > 0 and info["latency_ms_median"] > 0
-    assert info["input_shape"] == [2, 3, 64, 64]
+    cost = model_cost(model, 64, warmup=1, runs=2, throughput_batch=2)
+    assert cost["params"] == count_parameters(model)  # the model's, not the folded copy's
+    assert cost["flops"] == count_flops(model, 64) > 0 and cost["latency_ms_b1"] > 0
+    assert cost["throughput_img_s"] > 0 and cost["input_size"] == 64
+    assert {"torch_threads", "omp_wait_policy", "allocator"} <= set(cost)  # what the timings ran with
+    assert model.training and all(p.requires_grad for p in model.parameters())  # left as it was
+
+
+def test_torch_helpers() -> None:
+    model = create_model("mobile_tiny").train()
+    with eval_mode(model):
+        assert not model.training
     assert model.training  # mode restored
-    assert model_info(model, size=(32, 48), latency_runs=0)["latency_ms_median"] is None
-    assert model_info(model, size=32, latency_runs=5, max_latency_s=0.0)["latency_runs"] == 1  # time budget
+    assert model_device(model).type == "cpu" and model_device(torch.nn.Identity()).type == "cpu"
+    assert count_parameters(model, trainable_only=True) == count_parameters(model)
+    assert len(timed_runs(lambda: None, 1, 3)) == 3
+    assert len(timed_runs(lambda: None, 5, 5, budget_s=0.0)) == 1  # time budget: at least one timed call
 
 
 def test_blocks() -> None:

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from dbdgan.checkpoint import save_model_file
-from dbdgan.evaluation.onnx_export import OnnxModel, export_onnx
 from dbdgan.inference import blur_maps, load_predictor
+from dbdgan.inference_onnx import OnnxModel, export_onnx
 from dbdgan.models import create_model
 from dbdgan.models.efficientnet_lite import LITE_MEAN
 from dbdgan.predict import predict_paths
@@ -60,7 +60,7 @@ def test_predict_pyfunc_and_onnxruntime_give_the_same_map(tmp_path, photo, model
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("parity", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = _log_pyfunc(tmp_path / "student.pt", loaded.input_size, "# model card\n")
+        info = _log_pyfunc(tmp_path / "student.pt", "# model card\n")
     served = mlflow.pyfunc.load_model(info.model_uri).predict(image[None], params={"output": "float"})
     assert np.abs(served[0]["map"] - reference).max() < 1e-5
 

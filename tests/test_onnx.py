@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbdgan.evaluation.efficiency import model_efficiency
-from dbdgan.evaluation.onnx_export import OnnxExportError, OnnxModel, check_onnx, export_onnx, quantize_onnx
+from dbdgan.inference import model_cost
+from dbdgan.inference_onnx import OnnxExportError, OnnxModel, check_onnx, export_onnx, quantize_onnx
 
 # PadCropNet's shape branch makes the tracer warn; the exports below are verified numerically instead
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -86,8 +86,8 @@ def test_static_int8_is_calibrated_and_runs_as_qlinear(model, tmp_path):
         quantize_onnx(path, tmp_path / "none.onnx", [])
 
 
-def test_model_efficiency_tiny(model):
-    report = model_efficiency(model, size=32, warmup=1, runs=2, throughput_batch=2, throughput_runs=1)
+def test_model_cost_tiny(model):
+    report = model_cost(model, size=32, warmup=1, runs=2, throughput_batch=2, throughput_runs=1)
     assert report["params"] == sum(p.numel() for p in model.parameters())
     # down1: 16x16 outputs x 8 ch x 27 MACs; down2: 8x8 x 16 x 72; head: 32x32 x 1 x 171 (x2 FLOPs per MAC)
     assert report["flops"] == 2 * (16 * 16 * 8 * 27 + 8 * 8 * 16 * 72 + 32 * 32 * 171)

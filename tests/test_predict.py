@@ -187,3 +187,32 @@ def test_cli_predict_prints_one_summary_line_unless_json(tmp_path, model_file, c
     assert main(["predict", str(good), "--model", str(model_file), "-o", str(tmp_path / "o"), "--no-progress",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == 1
+
+
+def _mlflow_dir(root: Path, metadata: dict, legacy_size: object = "none") -> Path:
+    """A downloaded dbdgan pyfunc directory: MLmodel naming the checkpoint (and, for versions registered
+    before the size was read from the model file, an inference.json)."""
+    import yaml
+
+    root.mkdir()
+    save_model_file(root / "student.pt", "mobile_tiny", {}, create_model("mobile_tiny"), metadata)
+    artifacts = {"checkpoint": {"path": "student.pt"}}
+    if legacy_size != "none":
+        (root / "inference.json").write_text(json.dumps({"input_size": legacy_size}))
+        artifacts["inference"] = {"path": "inference.json"}
+    (root / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": {"artifacts": artifacts}}}))
+    return root
+
+
+def test_the_input_size_comes_from_the_model_file_and_old_versions_inference_json_is_a_fallback(tmp_path):
+    from dbdgan.inference import checkpoint_from_mlflow_dir, predictor_from_file
+
+    def size_of(model_dir: Path) -> object:
+        checkpoint, legacy = checkpoint_from_mlflow_dir(model_dir)
+        return predictor_from_file(checkpoint, source="models:/x/1", legacy=legacy).input_size
+
+    assert size_of(_mlflow_dir(tmp_path / "new", {"input_size": 48})) == 48  # no inference.json: the file's
+    assert size_of(_mlflow_dir(tmp_path / "both", {"input_size": 48}, legacy_size=[40, 56])) == 48  # the file wins
+    assert size_of(_mlflow_dir(tmp_path / "native", {"input_size": None}, legacy_size=40)) is None
+    assert size_of(_mlflow_dir(tmp_path / "old", {}, legacy_size=[40, 56])) == (40, 56)  # file without a size
+    assert size_of(_mlflow_dir(tmp_path / "neither", {})) is None

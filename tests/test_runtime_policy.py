@@ -66,4 +66,4 @@ def test_the_cli_records_its_policy_beside_the_latency(tmp_path):
                           "--json"], env=clean, cwd=tmp_path, capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)
     assert info["omp_wait_policy"] == "PASSIVE (dbdgan)" and info["allocator"].startswith("glibc, tuned by dbdgan")
-    assert info["threads"] >= 1 and info["latency_ms_median"] > 0
+    assert info["torch_threads"] >= 1 and info["latency_ms_b1"] > 0

@@ -190,3 +190,26 @@ def test_a_request_holds_a_bounded_number_of_pixels():
     with pytest.raises(ValueError, match="more than 20000 pixels together"):
         decode_request(photos, budget=20_000)
     assert [p.shape for p, _ in decode_request(photos, max_side=50, budget=10_000)] == [(50, 50, 3)] * 3
+
+
+@pytest.mark.parametrize(("metadata", "legacy", "expected"), [
+    ({"input_size": 48}, None, 48),  # a version registered now: the model file alone
+    ({}, [40, 56], (40, 56)),  # registered before: a file without a size, its inference.json artifact
+])
+def test_the_pyfunc_reads_the_input_size_from_the_model_file(tmp_path, metadata, legacy, expected):
+    from types import SimpleNamespace
+
+    from dbdgan.checkpoint import save_model_file
+    from dbdgan.models import create_model
+    from dbdgan.serving import BlurMapModel
+
+    artifacts = {"checkpoint": str(tmp_path / "student.pt")}
+    save_model_file(artifacts["checkpoint"], "mobile_tiny", {}, create_model("mobile_tiny"), metadata)
+    if legacy is not None:
+        artifacts["inference"] = str(tmp_path / "inference.json")
+        Path(artifacts["inference"]).write_text(json.dumps({"input_size": legacy}))
+    served = BlurMapModel()
+    served.load_context(SimpleNamespace(artifacts=artifacts))
+    assert served.input_size == expected
+    record = served.predict(None, np.zeros((1, 24, 40, 3), dtype=np.uint8), params={"output": "float"})[0]
+    assert record["map"].shape == (24, 40)

@@ -243,9 +243,13 @@ def _load_model(params: Params, args: argparse.Namespace, source: str) -> Any:
     return _load_predictor(params, args, source).model
 
 
+MODEL_INFO_BUDGET_S = 30.0  # warm-up and timing each stop after this long: paper-sized models stay quick to inspect
+
+
 def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
+    """The cost the evaluate step reports (inference.model_cost, with evaluate.efficiency_size/_runs)."""
+    from dbdgan.inference import model_cost
     from dbdgan.models import create_model
-    from dbdgan.models.info import model_info
 
     if args.preset:
         name, model = args.preset, create_model(args.preset)
@@ -254,11 +258,13 @@ def _cmd_model_info(params: Params, args: argparse.Namespace) -> Any:
         model = create_model(name)
     else:
         name, model = args.model, _load_model(params, args, args.model)
-    info = {"name": name, **model_info(model, size=args.size)}
+    size = args.size or params.evaluate.efficiency_size
+    info = {"name": name, **model_cost(model, size, runs=params.evaluate.efficiency_runs,
+                                       budget_s=MODEL_INFO_BUDGET_S)}
     if args.json:
         return info
-    print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {args.size}x{args.size}, "
-          f"CPU latency {info['latency_ms_median']:.1f} ms (median, batch 1, {info['threads']} threads, "
+    print(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs at {size}x{size}, "
+          f"CPU latency {info['latency_ms_b1']:.1f} ms (median, batch 1, {info['torch_threads']} threads, "
           f"OMP_WAIT_POLICY {info['omp_wait_policy']}, {info['allocator']})")
     return None
 
@@ -270,14 +276,8 @@ def _cmd_export_onnx(params: Params, args: argparse.Namespace) -> Any:
 
     import torch
 
-    from dbdgan.evaluation.onnx_export import (
-        CALIBRATION_IMAGES,
-        calibration_from_files,
-        check_onnx,
-        export_onnx,
-        int8_agreement,
-        quantize_onnx,
-    )
+    from dbdgan.inference import calibration_from_files
+    from dbdgan.inference_onnx import CALIBRATION_IMAGES, check_onnx, export_onnx, int8_agreement, quantize_onnx
     from dbdgan.predict import image_files
 
     calibration_photos: list[Path] = []
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the params' teacher or student preset, a model file or an MLflow URI (default: %(default)s)")
     add_tracking_args(p, experiment=False)
     p.add_argument("--preset", help="registry name, e.g. teacher_paper, efficientunet_b3, mobile")
-    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--size", type=int, help="input side in pixels (default: evaluate.efficiency_size, 320)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return parser
 

@@ -1,14 +1,18 @@
 """Photo in, blur map out: the one prediction path shared by evaluation, `dbdgan predict`, the MLflow pyfunc
 and the ONNX parity check.
 
-A model comes with the input size it was validated at in training, stored in its model file (and copied into a
-registered model): the one source of that size. Images are resized to it for the network (bilinear,
-antialiased, on the 8-bit pixels as training's loader does: 6x cheaper than in float) and the maps resized
-back to each image's own resolution.
+A model comes with the input size it was validated at in training, stored in its model file (which a
+registered model carries as its checkpoint artifact): the one source of that size. Images are resized to it
+for the network (bilinear, antialiased, on the 8-bit pixels as training's loader does: 6x cheaper than in
+float) and the maps resized back to each image's own resolution.
+
+The network runs as `prepare_network` makes it: a folded, channels-last torch copy or the ONNX backend
+(`dbdgan.inference_onnx`). `model_cost` measures what that costs, for `dbdgan model-info` and evaluation alike.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -16,14 +20,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbdgan.checkpoint import load_model_file, model_from_payload, read_model_file
+from dbdgan import runtime_policy
+from dbdgan.checkpoint import model_from_payload, read_model_file
+from dbdgan.inference_onnx import CALIBRATION_IMAGES, OnnxModel, onnx_bytes
+from dbdgan.models.fusion import fold_batchnorm, inference_copy
+from dbdgan.models.info import count_flops, count_parameters, measure_ms, model_device, state_dict_bytes
 from dbdgan.redact import redact
 
 InputSize = int | tuple[int, int] | None  # None: the image's own resolution
@@ -101,7 +109,7 @@ def network_probabilities(model: nn.Module, inputs: Sequence[torch.Tensor], batc
 
     Inputs of the same size share batches of up to `batch_size`, whatever the order they come in.
     """
-    device = _device(model)
+    device = model_device(model)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, tensor in enumerate(inputs):
         groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
@@ -142,9 +150,22 @@ def blur_maps(model: nn.Module, images: Sequence[np.ndarray], input_size: InputS
     return [blur_map(prob, img.shape) for prob, img in zip(probs, images, strict=True)]
 
 
-def _device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
+def calibration_inputs(images: Sequence[np.ndarray], input_size: InputSize) -> list[np.ndarray]:
+    """Network inputs for static int8 quantisation (`inference_onnx.quantize_onnx`) from uint8 HxWx3 photos,
+    preprocessed as prediction does."""
+    return [network_input(image, input_size).contiguous().numpy() for image in images]
+
+
+def calibration_from_files(paths: Sequence[str | Path], input_size: InputSize,
+                           limit: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """Calibration inputs from the first `limit` of `paths` (photos like those the model will see, e.g. its
+    training split), read and preprocessed as prediction does."""
+    from dbdgan.data.imageio import load_rgb
+
+    chosen = list(paths)[:limit]
+    if not chosen:
+        raise ValueError("static int8 quantisation needs calibration photos; none were given")
+    return calibration_inputs([load_rgb(path) for path in chosen], input_size)
 
 
 def prepare_network(model: nn.Module, backend: Backend = "torch", threads: int | None = None) -> nn.Module:
@@ -154,18 +175,61 @@ def prepare_network(model: nn.Module, backend: Backend = "torch", threads: int |
     onnx: that copy exported (verified against PyTorch) and run by onnxruntime with `threads` threads
     (default torch's). Resizing and normalisation stay shared: the network's input is [0, 1] RGB either way.
     """
-    from dbdgan.models.fusion import fold_batchnorm, inference_copy
-
     if backend == "torch":
         if next(model.parameters(), None) is None:  # onnxruntime wrappers, parameter-free baselines: as they are
             return model
-        return inference_copy(model, channels_last=_device(model).type == "cpu")
+        return inference_copy(model, channels_last=model_device(model).type == "cpu")
     if backend == "onnx":
-        from dbdgan.evaluation.onnx_export import OnnxModel, onnx_bytes
-
         cpu = fold_batchnorm(model).cpu()  # idle onnxruntime threads sleep: decoding and writing need the cores
         return OnnxModel(onnx_bytes(cpu), threads=threads or torch.get_num_threads(), spinning=False)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def model_cost(
+    model: nn.Module,
+    size: int = 320,
+    *,
+    warmup: int = 2,
+    runs: int = 10,
+    throughput_batch: int = 8,
+    throughput_runs: int | None = None,
+    budget_s: float | None = None,
+) -> dict[str, float | int | str]:
+    """What a model costs: parameters, FLOPs (batch 1), weights size, CPU latency (batch 1) and throughput
+    (batch `throughput_batch`), with the threads, OpenMP wait policy and allocator the timings ran with.
+
+    The one measurement `dbdgan model-info` and the evaluate step report. Parameters, FLOPs and size are the
+    model's; the timings are of the network as prediction runs it on a CPU (`prepare_network`: batch norm
+    folded, channels-last), so the caller's model is left as it was. Latency is the median of `runs` timed
+    passes after `warmup` untimed ones on a random [1,3,size,size] input; throughput = batch / median batch
+    time over `throughput_runs` passes (default: half of `runs`, at least 1); ``gflop_s_b1`` = FLOPs /
+    latency. `budget_s` bounds the warm-up and the timing of each (at least one timed pass: see
+    `models.info.timed_runs`). Timings depend on threads, OpenMP's wait policy and the memory allocator
+    (`dbdgan.runtime_policy`), so the result records all three.
+    """
+    cpu_model = model if model_device(model).type == "cpu" else copy.deepcopy(model).to("cpu")
+    flops = count_flops(cpu_model, size)
+    n_bytes = state_dict_bytes(cpu_model)
+    fast = prepare_network(cpu_model)
+    latency = measure_ms(fast, 1, size, warmup=warmup, runs=runs, budget_s=budget_s)
+    batch_ms = measure_ms(fast, throughput_batch, size, warmup=warmup,
+                          runs=max(1, runs // 2) if throughput_runs is None else throughput_runs, budget_s=budget_s)
+    params = count_parameters(cpu_model)
+    return {
+        "params": params,
+        "params_m": params / 1e6,
+        "flops": flops,
+        "gflops": flops / 1e9,
+        "gmacs": flops / 2e9,
+        "size_bytes": n_bytes,
+        "size_mb": n_bytes / 1e6,
+        "input_size": size,
+        "latency_ms_b1": latency,
+        "gflop_s_b1": flops / 1e6 / latency,
+        "throughput_batch": throughput_batch,
+        "throughput_img_s": throughput_batch * 1000.0 / batch_ms,
+        **runtime_policy.describe(),
+    }
 
 
 @dataclass
@@ -186,8 +250,29 @@ def _size(value: object) -> InputSize:
     return tuple(value) if isinstance(value, list) else value  # type: ignore[return-value]
 
 
-def checkpoint_from_mlflow_dir(model_dir: Path) -> tuple[Path, InputSize]:
-    """The checkpoint file and stored input size inside a downloaded dbdgan pyfunc model directory."""
+def stored_input_size(payload: dict[str, Any], legacy: str | Path | None = None) -> InputSize:
+    """The input size a read model file stores (None: native resolution).
+
+    Only for a file that stores none: the size in `legacy`, the `inference.json` artifact that versions
+    registered before the size was read from the model file carry (newer versions have no such artifact).
+    """
+    metadata = payload.get("metadata") or {}
+    if "input_size" not in metadata and legacy is not None and Path(legacy).is_file():
+        return _size(json.loads(Path(legacy).read_text()).get("input_size"))
+    return _size(metadata.get("input_size"))
+
+
+def predictor_from_file(path: str | Path, source: str | None = None,
+                        legacy: str | Path | None = None) -> LoadedModel:
+    """A model file's network (eval mode, weights only) with the input size it stores (see stored_input_size)."""
+    payload = read_model_file(path)
+    return LoadedModel(model_from_payload(payload, path), source=source or str(path),
+                       input_size=stored_input_size(payload, legacy))
+
+
+def checkpoint_from_mlflow_dir(model_dir: Path) -> tuple[Path, Path | None]:
+    """The model file inside a downloaded dbdgan pyfunc model directory, and the legacy `inference.json` of a
+    version registered before the input size was read from the model file (None for newer versions)."""
     import yaml
 
     mlmodel = model_dir / "MLmodel"
@@ -197,11 +282,8 @@ def checkpoint_from_mlflow_dir(model_dir: Path) -> tuple[Path, InputSize]:
     artifacts = flavor.get("artifacts") or {}
     if "checkpoint" not in artifacts:
         raise ValueError(f"{mlmodel} has no 'checkpoint' artifact: not a dbdgan model")
-    checkpoint = model_dir / artifacts["checkpoint"]["path"]
-    input_size = None
-    if "inference" in artifacts:
-        input_size = json.loads((model_dir / artifacts["inference"]["path"]).read_text()).get("input_size")
-    return checkpoint, _size(input_size)
+    legacy = model_dir / artifacts["inference"]["path"] if "inference" in artifacts else None
+    return model_dir / artifacts["checkpoint"]["path"], legacy
 
 
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -228,10 +310,7 @@ def load_predictor(model: str | Path, tracking_uri: str | None = None) -> Loaded
     """
     text = str(model)
     if not is_model_uri(text):
-        payload = read_model_file(text)
-        # the whole-image size it was validated at in training
-        return LoadedModel(model_from_payload(payload, text), source=text,
-                           input_size=_size(payload["metadata"].get("input_size")))
+        return predictor_from_file(text)  # with the whole-image size it was validated at in training
     import mlflow
 
     from dbdgan.failures import describe
@@ -252,5 +331,5 @@ def load_predictor(model: str | Path, tracking_uri: str | None = None) -> Loaded
                                       f"{HINT}") from exc
             raise ValueError(f"cannot download model {text!r} from {redact(where)}: {reason}; "
                              f"if it lives elsewhere, {HINT}") from exc
-        checkpoint, input_size = checkpoint_from_mlflow_dir(local)
-        return LoadedModel(load_model_file(checkpoint), source=text, input_size=input_size)
+        checkpoint, legacy = checkpoint_from_mlflow_dir(local)
+        return predictor_from_file(checkpoint, source=text, legacy=legacy)

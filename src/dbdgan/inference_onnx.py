@@ -1,4 +1,9 @@
-"""ONNX export for phones/servers, checked against PyTorch with onnxruntime, plus optional int8 quantisation.
+"""The ONNX backend of prediction: export (checked against PyTorch with onnxruntime), the onnxruntime session
+and the module that runs it like a torch model, the parity check and optional static int8 quantisation.
+
+`dbdgan.inference.prepare_network(model, "onnx")` runs a network through here; `dbdgan export-onnx` writes the
+file for phones and servers; the evaluate step checks parity and scores the int8 copy. Photos become network
+inputs (also for calibration) in `dbdgan.inference` only: this module never resizes or normalises.
 
 The export uses the TorchScript exporter (``dynamo=False``): torch's newer torch.export-based exporter needs
 the ``onnxscript`` package, which this project does not install. That exporter traces: shape arithmetic
@@ -21,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dbdgan.evaluation.efficiency import eval_mode, median_ms, model_device
 from dbdgan.io_utils import atomic_write_bytes
 from dbdgan.models.fusion import fold_batchnorm
+from dbdgan.models.info import eval_mode, median_ms, model_device
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -174,12 +179,13 @@ def quantize_onnx(path: str | Path, out_path: str | Path, calibration: Sequence[
     """Static int8 quantisation of an ONNX file (QDQ, per-channel int8 weights, uint8 activations).
 
     Activation ranges come from `calibration`: network inputs [1,3,H,W] float32 in [0,1], e.g.
-    `calibration_from_files` of training photos. Static int8 runs as QLinearConv, onnxruntime's fast int8 path;
-    dynamic quantisation (no data needed) runs convolutions as ConvInteger, measured 10x slower than float for
-    lite0_unet, so it is not offered. The graph first goes through onnxruntime's quantisation pre-processing
-    (graph optimisation: it folds the Identity nodes the exporter leaves on shared weights, which the quantiser
-    rejects; symbolic shape inference is skipped, as it cannot follow the dynamic H/W). Measure the accuracy it
-    costs by scoring ``OnnxModel(out_path)`` with ``evaluate_models`` beside the float model.
+    `dbdgan.inference.calibration_from_files` of training photos. Static int8 runs as QLinearConv,
+    onnxruntime's fast int8 path; dynamic quantisation (no data needed) runs convolutions as ConvInteger,
+    measured 10x slower than float for lite0_unet, so it is not offered. The graph first goes through
+    onnxruntime's quantisation pre-processing (graph optimisation: it folds the Identity nodes the exporter
+    leaves on shared weights, which the quantiser rejects; symbolic shape inference is skipped, as it cannot
+    follow the dynamic H/W). Measure the accuracy it costs by scoring ``OnnxModel(out_path)`` with
+    ``evaluate_models`` beside the float model.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -207,25 +213,6 @@ class _Calibration:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
-
-
-def calibration_inputs(images: Sequence[np.ndarray], input_size: object) -> list[np.ndarray]:
-    """Network inputs for static quantisation from uint8 HxWx3 photos, preprocessed as prediction does."""
-    from dbdgan.inference import network_input
-
-    return [network_input(image, input_size).contiguous().numpy() for image in images]  # type: ignore[arg-type]
-
-
-def calibration_from_files(paths: Sequence[str | Path], input_size: object,
-                           limit: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
-    """Calibration inputs from the first `limit` of `paths` (photos like those the model will see, e.g. its
-    training split), read and preprocessed as prediction does."""
-    from dbdgan.data.imageio import load_rgb
-
-    chosen = list(paths)[:limit]
-    if not chosen:
-        raise ValueError("static int8 quantisation needs calibration photos; none were given")
-    return calibration_inputs([load_rgb(path) for path in chosen], input_size)
 
 
 def int8_agreement(float_model: str | Path, int8_model: str | Path, inputs: Sequence[np.ndarray]) -> dict[str, float]:

@@ -92,8 +92,11 @@ mlflow.models.set_model(BlurMapModel())
 """
 
 
-def _log_pyfunc(model_path: Path, input_size: Any, card: str) -> Any:
+def _log_pyfunc(model_path: Path, card: str) -> Any:
     """Log the pyfunc under the active run, as a model from code (nothing is pickled).
+
+    The model file is the `checkpoint` artifact and carries the input size it was validated at: the pyfunc
+    and `dbdgan predict` read it there (versions registered before also carry an `inference.json` with it).
 
     The input schema is a batch of objects (arrays or encoded bytes: MLflow has no union type); the example
     is one encoded PNG, the form a served model usually receives. The inference parameters (`output`,
@@ -109,15 +112,13 @@ def _log_pyfunc(model_path: Path, input_size: Any, card: str) -> Any:
     example = np.array([_example_png()], dtype=object)
     package_dir = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
-        inference = Path(tmp) / "inference.json"
-        inference.write_text(json.dumps({"input_size": input_size}))
         model_code = Path(tmp) / "blur_map_model.py"
         model_code.write_text(_MODEL_CODE)
         card_file = Path(tmp) / "model_card.md"
         card_file.write_text(card)
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(model_code),
-            artifacts={"checkpoint": str(model_path), "inference": str(inference), "model_card": str(card_file)},
+            artifacts={"checkpoint": str(model_path), "model_card": str(card_file)},
             code_paths=[str(package_dir)], signature=signature, input_example=example,
             pip_requirements=_requirements(),
         )
@@ -255,9 +256,8 @@ def _new_version(client: Any, name: str, role: str, model_path: Path, payload: d
             mlflow.set_tags(run_lineage_tags(facts.lineage))
         dataset = training_dataset(facts.manifest, facts.data_source, facts.manifest_sha256)
         mlflow.log_input(dataset, context="training")
-        # the size the network was validated at, from its file: the one source of a model's input size
         with _without_type_hint_advice(), quiet_download():  # the download: checking the input example
-            info = _log_pyfunc(model_path, payload["metadata"].get("input_size"), card)
+            info = _log_pyfunc(model_path, card)
         mlflow.log_metrics({f"eval.{k}": v for k, v in metrics.items()}, model_id=info.model_id, dataset=dataset)
         mlflow.log_text(card, f"model_card/{role}.md")
     version = mlflow.register_model(info.model_uri, name, tags={**tags, REGISTRATION_TAG: INCOMPLETE})

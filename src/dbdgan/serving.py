@@ -250,17 +250,14 @@ class BlurMapModel(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint artifact with torch.load(weights_only=True); see the module docstring for I/O."""
 
     def load_context(self, context: Any) -> None:
-        import json
-
-        from dbdgan.checkpoint import load_model_file
-        from dbdgan.inference import prepare_network
+        from dbdgan.inference import predictor_from_file, prepare_network
 
         if os.environ.get(_SCORING_SERVER_MODEL):
             _short_request_in_mlflows_errors()
-        self.model = prepare_network(load_model_file(context.artifacts["checkpoint"]))  # as predict runs it
-        with open(context.artifacts["inference"]) as handle:
-            size = json.load(handle).get("input_size")
-        self.input_size = tuple(size) if isinstance(size, list) else size
+        # the input size stored in the model file (older versions also carry it in an `inference` artifact)
+        loaded = predictor_from_file(context.artifacts["checkpoint"], legacy=context.artifacts.get("inference"))
+        self.model = prepare_network(loaded.model)  # as predict runs it
+        self.input_size = loaded.input_size
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         try:

@@ -16,19 +16,18 @@ from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
 from dbdgan.data.imageio import load_rgb
 from dbdgan.evaluation.baselines import AllBlurred, LaplacianSharpness
-from dbdgan.evaluation.efficiency import model_efficiency
 from dbdgan.evaluation.evaluate import evaluate_models, read_split
 from dbdgan.evaluation.extra import EXTRA_DIR
-from dbdgan.evaluation.onnx_export import (
-    CALIBRATION_IMAGES,
-    OnnxModel,
-    calibration_inputs,
-    check_onnx,
-    export_onnx,
-    quantize_onnx,
-)
 from dbdgan.evaluation.scores import score_files, write_scores
-from dbdgan.inference import InputSize, is_model_uri, load_predictor, predict_probability
+from dbdgan.inference import (
+    InputSize,
+    calibration_inputs,
+    is_model_uri,
+    load_predictor,
+    model_cost,
+    predict_probability,
+)
+from dbdgan.inference_onnx import CALIBRATION_IMAGES, OnnxModel, check_onnx, export_onnx, quantize_onnx
 from dbdgan.model_runs import training_run_id
 from dbdgan.tracking import Tracking, configure
 
@@ -154,8 +153,7 @@ def evaluate_files(model_files: dict[str, str | Path], data_dir: Path, out_dir: 
         for name in [*quantised, *baselines]:  # the networks' files are written below, with their efficiency
             write_scores(out_dir, name, results[name])
     for name, model in models.items():
-        results[name]["efficiency"] = model_efficiency(model, size=ev.efficiency_size, runs=ev.efficiency_runs,
-                                                       throughput_runs=max(1, ev.efficiency_runs // 2))
+        results[name]["efficiency"] = model_cost(model, ev.efficiency_size, runs=ev.efficiency_runs)
         if ev.onnx:
             results[name]["onnx"] = _onnx_parity(model, out_dir / "onnx" / f"{name}.onnx", ev.efficiency_size,
                                                  loaded[name].input_size)

@@ -2,7 +2,7 @@
 
 from .blocks import DBDNet
 from .discriminators import create_discriminator
-from .info import count_parameters, model_info
+from .info import count_parameters
 from .registry import PretrainedWeightsError, create_model, list_models, load_encoder_weights, register_model
 
 __all__ = [
@@ -13,6 +13,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_encoder_weights",
-    "model_info",
     "register_model",
 ]

@@ -1,16 +1,20 @@
-"""Size, cost and speed of a blur-map network: parameters, FLOPs (torch's counter) and CPU latency."""
+"""Torch helpers about a network: its parameters, device, FLOPs, weights size, and how to time its calls.
+
+What a trained model costs as prediction runs it (all of these, on the prepared network, with the threads
+and policy it ran with) is `dbdgan.inference.model_cost`: `dbdgan model-info` and the evaluate step call it.
+"""
 
 from __future__ import annotations
 
+import io
 import statistics
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from dbdgan import runtime_policy
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -18,55 +22,71 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def model_info(
-    model: nn.Module,
-    size: int | tuple[int, int] = 320,
-    batch: int = 1,
-    latency_runs: int = 10,
-    warmup: int = 3,
-    seed: int = 0,
-    max_latency_s: float = 30.0,
-) -> dict[str, Any]:
-    """Parameters, FLOPs of one forward pass of a [batch,3,H,W] input, and median CPU latency in eval mode.
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a module with neither)."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
-    FLOPs come from torch.utils.flop_counter.FlopCounterMode (2 per multiply-add; convs, matmuls and
-    attention, not elementwise ops). Latency is the median of up to `latency_runs` timed forwards after up
-    to `warmup` untimed ones, with the current torch thread count; warm-up and timing each stop early once
-    they have used `max_latency_s` (at least one timed run), so paper-sized models stay quick to inspect.
-    `latency_runs=0` skips timing (None).
-    """
-    h, w = (size, size) if isinstance(size, int) else size
-    x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; the model's previous train/eval mode is restored after."""
     was_training = model.training
     model.eval()
-    times: list[float] = []
     try:
-        with torch.inference_mode():
-            with FlopCounterMode(display=False) as counter:
-                model(x)
-            flops = int(counter.get_total_flops())
-            if latency_runs > 0:
-                start = time.perf_counter()
-                for _ in range(warmup):
-                    if time.perf_counter() - start > max_latency_s:
-                        break
-                    model(x)
-                while len(times) < latency_runs and (not times or sum(times) < max_latency_s * 1000.0):
-                    t0 = time.perf_counter()
-                    model(x)
-                    times.append((time.perf_counter() - t0) * 1000.0)
+        yield model
     finally:
         model.train(was_training)
-    return {
-        "params": count_parameters(model),
-        "trainable_params": count_parameters(model, trainable_only=True),
-        "params_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-        "flops": flops,
-        "gflops": flops / 1e9,
-        "input_shape": [batch, 3, h, w],
-        "latency_ms_median": statistics.median(times) if times else None,
-        "latency_runs": len(times),
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": runtime_policy.omp_wait_policy(),
-        "allocator": runtime_policy.allocator(),
-    }
+
+
+def count_flops(model: nn.Module, size: int | tuple[int, int], batch: int = 1) -> int:
+    """FLOPs of one forward pass as FlopCounterMode counts them: 2 per multiply-add of conv/matmul-like ops
+    (elementwise ops, activations and normalisation are not counted). MACs = FLOPs / 2."""
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.rand(batch, 3, h, w, device=model_device(model))
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what a checkpoint of the weights costs on disk."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def timed_runs(fn: Callable[[], object], warmup: int, runs: int, budget_s: float | None = None) -> list[float]:
+    """Seconds of each of `runs` (at least 1) timed calls after `warmup` untimed ones (the first pays for
+    allocation and kernel selection).
+
+    With `budget_s`, warm-up stops once it has taken that long, and so does timing (after at least one timed
+    call): paper-sized networks stay quick to inspect.
+    """
+    start = time.perf_counter()
+    for _ in range(warmup):
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
+        fn()
+    times: list[float] = []
+    while len(times) < max(runs, 1) and (budget_s is None or not times or sum(times) < budget_s):
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def median_ms(fn: Callable[[], object], warmup: int, runs: int, budget_s: float | None = None) -> float:
+    """Median milliseconds of `timed_runs`."""
+    return statistics.median(timed_runs(fn, warmup, runs, budget_s)) * 1000.0
+
+
+def measure_ms(model: nn.Module, batch: int, size: int | tuple[int, int], *, warmup: int, runs: int,
+               budget_s: float | None = None) -> float:
+    """Median wall time (ms) of a CPU forward pass in eval mode on a random [batch,3,H,W] input, after warm-up."""
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.rand(batch, 3, h, w)
+    with eval_mode(model), torch.inference_mode():
+        return median_ms(lambda: model(x), warmup, runs, budget_s)
