@@ -1,8 +1,12 @@
 """Kubernetes settings for a cluster compile: secrets as env, GPUs, scheduling, resources, retries, timeouts.
 
-Applied only by `build_pipeline(..., cluster=ClusterSettings(...))`: `kfp.local` runs the bare pipeline.
-Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their values. The S3 Secret goes only
-to the steps that read or write S3 (and is optional there), so a synthetic-data run needs none.
+Applied only by `build_pipeline(..., cluster=ClusterSettings(...))`: `kfp.local` runs the bare pipeline (with
+the retries of `set_retries`). Only names of Secrets and ConfigMaps ever enter the compiled YAML, never their
+values. The S3 Secret goes only to the steps that read or write S3 (and is optional there), so a synthetic-data
+run needs none.
+
+What each step's task asks for (resources, deadline, GPUs, S3, retries) is its row's `pod` in the step table
+(dbdgan.graph.STEPS); the tasks that are pipeline plumbing, not steps, declare theirs in `PLUMBING` here.
 """
 
 from __future__ import annotations
@@ -12,25 +16,21 @@ from dataclasses import dataclass, field
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from dbdgan.graph import INIT_STEPS
+from dbdgan.graph import HOUR, STEPS, Pod, Resources
 
-# Task keys used by dbdgan_kfp.pipelines.pipeline are the step names of dbdgan.graph.STEPS.
-GPU_STEPS = INIT_STEPS
-# Steps that touch S3: prepare (an s3:// data_uri), validate (a failed report), register (reports_uri) and
-# publish_reports. MLflow artifacts go through the tracking server (`mlflow server --artifacts-destination`);
-# with a server that does not proxy them, add the tracking steps (--s3-steps).
-S3_STEPS = ("prepare", "validate", "register", "publish_reports", "import_teacher")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """CPU and memory of one step's container: requests, and limits (default: the requests, so that the pod
-    gets the Guaranteed QoS class and is the last to be evicted)."""
-
-    cpu: str
-    memory: str
-    cpu_limit: str | None = None
-    memory_limit: str | None = None
+# The pipeline's tasks that run no step of the table. MLflow artifacts go through the tracking server (`mlflow
+# server --artifacts-destination`); with a server that does not proxy them, add the tracking steps (--s3-steps).
+PLUMBING = {
+    "publish_reports": Pod(Resources("500m", "1Gi"), HOUR // 2, s3=True),
+    "announce_champion": Pod(Resources("100m", "256Mi"), HOUR // 6),
+    "import_teacher": Pod(Resources("1", "4Gi"), HOUR // 2, s3=True),  # an s3:// teacher
+}
+# Task keys used by dbdgan_kfp.pipelines.pipeline are the step names of dbdgan.graph.STEPS and PLUMBING's.
+PODS = {**{one.name: one.pod for one in STEPS}, **PLUMBING}
+GPU_STEPS = tuple(name for name, spec in PODS.items() if spec.gpu)
+S3_STEPS = tuple(name for name, spec in PODS.items() if spec.s3)
+DEFAULT_RESOURCES = {name: spec.resources for name, spec in PODS.items()}
+DEFAULT_TIMEOUTS = {name: spec.timeout_s for name, spec in PODS.items()}
 
 
 @dataclass(frozen=True)
@@ -40,28 +40,6 @@ class Toleration:
     value: str | None = None
     effect: str | None = "NoSchedule"
 
-
-DEFAULT_RESOURCES = {
-    "prepare": Resources("2", "4Gi"),
-    "validate": Resources("2", "4Gi"),
-    "train_teacher": Resources("8", "32Gi"),
-    "distill_student": Resources("8", "32Gi"),
-    "evaluate": Resources("4", "8Gi"),
-    "register": Resources("1", "2Gi"),
-    "publish_reports": Resources("500m", "1Gi"),
-    "announce_champion": Resources("100m", "256Mi"),
-    "import_teacher": Resources("1", "4Gi"),
-}
-
-# Each pod's activeDeadlineSeconds: a stuck data loader or NCCL call fails the task (and a retry starts)
-# instead of holding a node. Training is generous (the paper profile's 200 epochs on one GPU take about a
-# day; a retry resumes from its checkpoint); the other steps take minutes.
-HOUR = 3600
-DEFAULT_TIMEOUTS = {
-    "prepare": 2 * HOUR, "validate": HOUR, "train_teacher": 72 * HOUR, "distill_student": 72 * HOUR,
-    "evaluate": 2 * HOUR, "register": HOUR // 2, "publish_reports": HOUR // 2, "announce_champion": HOUR // 6,
-    "import_teacher": HOUR // 2,
-}
 
 # Bounded MLflow client retries: a tracking server that is down fails the step in about a minute.
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
@@ -109,6 +87,14 @@ def step_of(task_key: str) -> str:
     return task_key.removeprefix(PRETRAIN_PREFIX)
 
 
+def pod(task_key: str) -> Pod:
+    """What a task asks for: its step's row (dbdgan.graph.STEPS) or its PLUMBING entry."""
+    name = step_of(task_key)
+    if name not in PODS:
+        raise KeyError(f"no step or pipeline task {name!r}; known: {', '.join(PODS)}")
+    return PODS[name]
+
+
 def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
     """Attach the settings to each task, keyed by step name (see dbdgan_kfp.pipelines.pipeline).
 
@@ -142,17 +128,14 @@ def apply(tasks: dict[str, PipelineTask], settings: ClusterSettings) -> None:
             task.set_memory_limit(resources.memory_limit or resources.memory)
         set_retries(task, step, settings.retries)
         kubernetes.set_timeout(task, settings.timeouts[step])
-        if step in GPU_STEPS and settings.gpus > 0:
+        if pod(step).gpu and settings.gpus > 0:
             _gpu(task, settings)
 
 
 def set_retries(task: PipelineTask, step: str, retries: int, backoff: str = "30s") -> None:
-    """Retry a failed task (a pre-empted node, a timeout); a training task resumes from its checkpoint.
-
-    Registering is not idempotent (each attempt adds versions): the MLflow client's own bounded retries cover
-    transient errors there; every other step is safe to rerun.
-    """
-    if retries and step != "register":
+    """Retry a failed task (a pre-empted node, a timeout) when its step allows it (`Pod.retry`: a training task
+    resumes from its checkpoint; registering, which is not idempotent, is never retried)."""
+    if retries and pod(step).retry:
         task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,
                        backoff_max_duration="3600s")
 

@@ -3,13 +3,14 @@ inputs from the tasks that produce them, then the pipeline parameters it takes b
 
 Optionally (compile-time) preceded by synthetic pre-training (the steps up to distill_student on their own
 params), whose models initialise the two trainings. After registration, the condition is the promotion gate's
-own decision (promotion.run_gate, from params `register.gate`, returned by the register component): the same
+own decision (aliases.run_gate, from params `register.gate`, returned by the register component): the same
 decision the CLI and DVC make.
 
 `build_pipeline` returns a fresh pipeline function; the same function is compiled for a cluster (with
 `ClusterSettings`) or run by `kfp.local` (without). Caching is on for every step whose result its inputs
 decide (graph.Step.cached): a changed distillation param reuses the data and the teacher of an earlier run;
-registration (a side effect) and the teacher import (an alias may move) always run.
+registration (a side effect) and the teacher import (an alias may move) always run. What else a task gets
+(resources, GPUs, retries, ...) is its step's row too (graph.Step.pod, applied by k8s.py).
 """
 
 # No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
@@ -66,7 +67,7 @@ def add_steps(op: Any, chain: tuple[graph.Step, ...], values: dict[str, Any], tr
         kwargs = {name: outputs[name] for name in one.inputs}
         kwargs.update({key: value for key, value in values.items() if key in wanted})
         kwargs["params"] = _params_json(one, tree)
-        if one.name in graph.INIT_STEPS:
+        if one.takes(graph.INIT.argument):  # a training: its checkpoints, its processes
             kwargs.update({**(training or {}), "task": f"{prefix}{one.name}"})
         if init and one.name in init:
             kwargs["init"] = init[one.name]
@@ -173,12 +174,11 @@ def build_pipeline(params_text: str = "", cluster: ClusterSettings | None = None
         steps = add_steps(op, chain, values, tree, init, provided=provided, training=training, uncached=uncached)
         tasks.update(steps)
         with dsl.If(reports_uri != "", name="reports-enabled"):
-            publish = op.publish_reports(reports_uri=reports_uri, run_id=values["run_id"],
-                                         validation=steps["validate"].outputs["validation"],
-                                         scores=steps["evaluate"].outputs["scores"])
+            reports = {name: steps[graph.producer(name).name].outputs[name] for name in ("validation", "scores")}
+            publish = op.publish_reports(reports_uri=reports_uri, run_id=values["run_id"], **reports)
             publish.set_display_name("publish reports").set_caching_options(False)
             tasks["publish_reports"] = publish
-        register = steps["register"]
+        register = steps[graph.producer("registered").name]
         with dsl.If(register.outputs["Output"] == PROMOTED, name="student-promoted"):
             champion = op.announce_champion(registered=register.outputs["registered"])
             champion.set_display_name("announce champion").set_caching_options(False)

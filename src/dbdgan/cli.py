@@ -1,8 +1,10 @@
 """`dbdgan <step>`: the command line that DVC stages, KFP components and people call.
 
 The step commands are made from the step table (dbdgan.graph.STEPS): each input artifact is an option
-(`--data`, `--teacher`, ...), the output is `--out`, and every default lies under `--root` (default `.`:
-today's data/prepared, models/teacher.pt, ...). `dbdgan run-all --root DIR` runs the whole table in order.
+(`--data`, `--teacher`, ...), the output is `--out`, the step's other options are its row's, and every default
+lies under `--root` (default `.`: today's data/prepared, models/teacher.pt, ...). Each prints one line (its
+row's summary); `--json` prints the details, `-v` logs more. The whole table runs as a DVC pipeline: `dvc repro`
+here, or `dbdgan steps --dvc --root DIR` and `dvc repro` in DIR for a run folder (what `make train-real` does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ NO_PARAMS_FILE_NEEDED = ("predict", "model-info", "export-onnx", "results")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    # also after the command (`dbdgan prepare -v`); SUPPRESS keeps a `dbdgan -v prepare` from being reset
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, and a traceback with an error")
     parser.add_argument("--params", action="append", default=None, metavar="FILE",
                         help="params file (default: params.yaml); repeat to overlay a profile on it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -58,19 +63,21 @@ def _path(args: argparse.Namespace, dest: str, default: str) -> Path:
     return Path(value) if value else Path(args.root) / default
 
 
-def step_arguments(one: graph.Step, args: argparse.Namespace, root: Path | None = None) -> dict[str, Any]:
-    """Everything a step function may take, from the flags (paths default to ROOT/<artifact path>)."""
-    if root is not None:
-        args = argparse.Namespace(**{**vars(args), "root": str(root)})
+def step_arguments(one: graph.Step, args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments the step declares (graph.Step.arguments) from the flags: paths default to ROOT/<artifact
+    path>; an option not given is left out (the step function's default)."""
     given = {name: _path(args, name, graph.ARTIFACTS[name].path) for name in one.inputs}
     given["out"] = _path(args, "out", graph.ARTIFACTS[one.output].path)
     given.update({arg: _path(args, arg, default) for arg, default in one.scratch})
-    given["tracking"] = tracking_from(args)
-    given["names"] = ModelNames(teacher=getattr(args, "teacher_name", ModelNames.teacher),
-                                student=getattr(args, "student_name", ModelNames.student))
-    for option in ("raw", "init", "models", "split", "layout", "polarity", "extra"):
-        if getattr(args, option, None):
-            given[option] = getattr(args, option)
+    if one.tracked:
+        given["tracking"] = tracking_from(args)
+    if one.registers:
+        given["names"] = ModelNames(teacher=getattr(args, "teacher_name", ModelNames.teacher),
+                                    student=getattr(args, "student_name", ModelNames.student))
+    for option in one.options:
+        value = getattr(args, option.dest, None)
+        if option.argument and value:
+            given[option.argument] = _parse_models(value) if option.kind == "models" else value
     if given.get("models"):  # `evaluate --model ...` scores those; teacher and student only when named too
         for role in ("teacher", "student"):
             if role in given and not getattr(args, role, None):
@@ -78,28 +85,9 @@ def step_arguments(one: graph.Step, args: argparse.Namespace, root: Path | None 
     return given
 
 
-def _summary(one: graph.Step, result: Any) -> Any:
-    """The few lines a step prints (its files hold the rest): no params, histories or gate settings."""
-    if one.name == "prepare":
-        return {"manifest": str(result)}
-    if one.name == "validate":
-        return getattr(result, "summary", str(result))
-    if isinstance(result, dict) and "history" in result:
-        best = result.get("best") or {}
-        return {"stage": result.get("stage"), "kept_epoch": best.get("epoch"), result.get("best_metric", "best"):
-                result.get("best_score"), "mlflow_run_id": result.get("mlflow_run_id")}
-    if one.name == "register" and isinstance(result, dict):
-        return {role: {"model_uri": entry.get("model_uri"), "reused": entry.get("reused"),
-                       **({"gate": entry["gate"].get("result"), "reason": entry["gate"].get("reason")}
-                          if entry.get("gate") else {})} for role, entry in result.items()}
-    if one.name == "evaluate" and isinstance(result, dict):
-        return {name: {key: row.get(key) for key in ("infocus_max_f", "max_f", "mae")} for name, row in result.items()}
-    return result
-
-
 def _step_handler(one: graph.Step) -> Handler:
     def handler(params: Params, args: argparse.Namespace) -> Any:
-        return _summary(one, graph.call(one, params, **step_arguments(one, args)))
+        return one.brief(graph.call(one, params, **step_arguments(one, args)))
 
     return handler
 
@@ -124,34 +112,22 @@ def _extra_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _add_extra_arg(p: argparse.ArgumentParser) -> None:
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _add_option(p: argparse.ArgumentParser, option: graph.Option) -> None:
+    """One option of a step's row (graph.Option), read as its kind says."""
     from dbdgan.evaluation.extra import SYNTAX
 
-    p.add_argument("--extra", action="append", default=[], type=_extra_arg, metavar=SYNTAX,
-                   help="a raw dataset that evaluate also scores whole, its numbers under LABEL. beside the "
-                        "main ones and its files in OUT/extra/LABEL/; LAYOUT defaults to LABEL (szu=PATH reads "
-                        "SZU-BD's release layout), POLARITY to the layout's (repeatable)")
-
-
-def _step_options(name: str, p: argparse.ArgumentParser) -> None:
-    """The options of one step beyond its artifacts (how it reads them), by step name."""
-    if name == "prepare":
-        p.add_argument("--source", choices=["synthetic", "cuhk", "dut", "szu", "folder"], help="data.source")
-        p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
-                       help="raw dataset folder of the data.source layout (none for synthetic)")
-        p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of --input")
-    elif name in graph.INIT_STEPS:
-        p.add_argument("--init", type=Path, help="a model file of the same network to start from (pre-training)")
-    elif name == "evaluate":
-        p.add_argument("--model", dest="models", action="append", default=[], type=str,
-                       metavar="[NAME=]FILE_OR_URI",
-                       help="more models to score: file or MLflow URI such as models:/dbd-student@champion "
-                            "(repeatable)")
-        p.add_argument("--split", choices=["train", "val", "test"])
-        p.add_argument("--layout", choices=["cuhk", "dut", "szu", "folder"],
-                       help="--data is a raw dataset of this layout (all of it is scored), not a prepared folder")
-        p.add_argument("--polarity", choices=["blurred-white", "sharp-white"], help="mask polarity of a raw folder")
-        _add_extra_arg(p)
+    kinds: dict[str, dict[str, Any]] = {
+        "text": {}, "path": {"type": _optional_path},
+        "models": {"action": "append", "default": [], "metavar": "[NAME=]FILE_OR_URI"},
+        "extra": {"action": "append", "default": [], "type": _extra_arg, "metavar": SYNTAX}}
+    if option.kind not in kinds:
+        raise ValueError(f"option {option.flag}: unknown kind {option.kind!r}; kinds: {', '.join(kinds)}")
+    p.add_argument(option.flag, dest=option.dest, help=option.help or None,
+                   **({"choices": list(option.choices)} if option.choices else {}), **kinds[option.kind])
 
 
 def _add_step(add: Callable[..., argparse.ArgumentParser], one: graph.Step) -> None:
@@ -164,26 +140,14 @@ def _add_step(add: Callable[..., argparse.ArgumentParser], one: graph.Step) -> N
     p.add_argument("--out", help=f"{one.output} to write (default: ROOT/{graph.ARTIFACTS[one.output].path})")
     for arg, default in one.scratch:
         p.add_argument(f"--{arg}", help=f"working files, resumable (default: ROOT/{default})")
-    if graph.accepts(one, "tracking"):
+    if one.tracked:
         add_tracking_args(p)
-    if graph.accepts(one, "names"):
+    if one.registers:
         _add_name_args(p)
-    _step_options(one.name, p)
-
-
-def _cmd_run_all(params: Params, args: argparse.Namespace) -> Any:
-    """Every step of the table in order, all paths under --root (what `make train-real` runs)."""
-    root = Path(args.root)
-    chain = graph.steps_until(args.until)
-    for one in chain:
-        given = step_arguments(one, args)
-        if one.name in graph.INIT_STEPS and args.init_from:
-            given["init"] = Path(args.init_from) / graph.ARTIFACTS[one.output].path
-        logging.getLogger(__name__).info("run-all: %s -> %s", one.name, given["out"])
-        print(json.dumps({one.name: _summary(one, graph.call(one, params, **given))}, default=str), flush=True)
-    if chain[-1].name == graph.STEPS[-1].name:
-        _print_results(params, root)
-    return None
+    for option in one.options:
+        _add_option(p, option)
+    p.add_argument("--json", action="store_true", help="print the details as JSON, not one line")
+    p.set_defaults(summary_line=one.summary, param_options=tuple(o for o in one.options if o.param))
 
 
 def _print_results(params: Params | None, root: Path) -> None:
@@ -220,7 +184,9 @@ def _cmd_steps(params: Params, args: argparse.Namespace) -> Any:
         print(f"wrote {path} (+ params.yaml, inputs.yaml); reproduce with: cd {args.root} && dvc repro")
         return None
     if args.dvc:
-        print(graph.dvc_yaml_text(graph.dvc_file()), end="")
+        from dbdgan.dvc_pipeline import dvc_file, dvc_yaml_text
+
+        print(dvc_yaml_text(dvc_file()), end="")
         return None
     return [{"step": s.name, "command": f"dbdgan {s.command}", "inputs": list(s.inputs), "output": s.output,
              "after": list(s.after)} for s in graph.STEPS]
@@ -346,17 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     for one in graph.STEPS:
         _add_step(add, one)
 
-    p = add("run-all", _cmd_run_all, "run the steps in order with every path under --root")
-    p.add_argument("--root", required=True, help="run folder (data/prepared, models/..., metrics, ... below it)")
-    p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
-                   help="raw dataset folder for prepare (data.source layout; none for synthetic)")
-    p.add_argument("--until", default=graph.STEPS[-1].name, choices=[s.name for s in graph.STEPS],
-                   help="last step to run (default: all)")
-    p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
-    _add_extra_arg(p)
-    add_tracking_args(p)
-    _add_name_args(p)
-
     p = add("export-onnx", _cmd_export_onnx, "export a model to ONNX (dynamic H/W), checked against PyTorch")
     p.add_argument("--model", required=True,
                    help="dbdgan model file (.pt) or MLflow URI, e.g. models:/dbd-student@champion")
@@ -388,11 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the dvc.yaml they imply (`dbdgan steps --dvc > dvc.yaml`); with --root, write a "
                         "run folder's dvc.yaml, params.yaml (the merged --params and --set) and inputs.yaml")
     p.add_argument("--root", help="run folder to write the DVC pipeline into (with --dvc)")
-    p.add_argument("--input", dest="raw", type=lambda text: Path(text) if text else None,
-                   help="raw dataset folder for prepare (data.source layout; none for synthetic)")
+    _add_option(p, graph.RAW)
     p.add_argument("--until", choices=[s.name for s in graph.STEPS], help="last step (default: all)")
     p.add_argument("--init-from", help="run folder whose teacher and student the trainings start from")
-    _add_extra_arg(p)
+    _add_option(p, graph.EXTRA)
     add_tracking_args(p)
     _add_name_args(p)
 
@@ -413,12 +367,13 @@ def _plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
 
 
-def _prepare_overrides(args: argparse.Namespace) -> list[str]:
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set, then what the step's options that set a params key were given (`prepare --source cuhk`)."""
     overrides = list(args.overrides)
-    if args.command == "prepare":
-        for key, value in (("source", args.source), ("polarity", args.polarity)):
-            if value is not None:
-                overrides.append(f"data.{key}={value}")
+    for option in getattr(args, "param_options", ()):
+        value = getattr(args, option.dest, None)
+        if value is not None:
+            overrides.append(f"{option.param}={value}")
     return overrides
 
 
@@ -428,8 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in plugins:
         return plugins[argv[0]].load()(argv[1:])
     args = build_parser().parse_args(argv)
-    if getattr(args, "models", None) is not None:
-        args.models = _parse_models(args.models)
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
@@ -439,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         if args.params is None and args.command in NO_PARAMS_FILE_NEEDED and not Path("params.yaml").is_file():
-            params = params_from_dict({}, _prepare_overrides(args), source="the defaults")
+            params = params_from_dict({}, _overrides(args), source="the defaults")
         else:
-            params = load_params(args.params or ["params.yaml"], _prepare_overrides(args))
+            params = load_params(args.params or ["params.yaml"], _overrides(args))
         result = args.handler(params, args)
     except ConfigError as exc:
         print(f"dbdgan {args.command}: {redact(str(exc))}", file=sys.stderr)

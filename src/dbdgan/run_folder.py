@@ -1,4 +1,5 @@
-"""A run folder as a DVC pipeline of its own (what `make train-real` reproduces with `dvc repro`).
+"""A run folder as a DVC pipeline of its own: `make train-real` writes it (`dbdgan steps --dvc --root DIR`) and
+reproduces it (`dvc repro` there).
 
 `dbdgan steps --dvc --root runs/real ...` writes three files there: `dvc.yaml` (the step table, as for the
 repository's default pipeline), `params.yaml` (params.yaml with the profile and `--set` overrides merged in: the
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from dbdgan import graph
+from dbdgan import dvc_pipeline, graph
 from dbdgan.config import Params
 from dbdgan.evaluation.extra import ExtraDataset
 from dbdgan.io_utils import atomic_write_text
@@ -53,7 +54,7 @@ def stage_tracking_uri(uri: str | None) -> str:
 
 
 def write_run_pipeline(root: Path, params: Params, *, raw: Path | None = None, tracking_uri: str | None = None,
-                       experiment: str = graph.DVC_VARS["experiment"], names: ModelNames = ModelNames(),
+                       experiment: str = dvc_pipeline.DVC_VARS["experiment"], names: ModelNames = ModelNames(),
                        until: str | None = None, init_from: Path | None = None,
                        extra: Sequence[ExtraDataset] = ()) -> Path:
     """Write dvc.yaml, params.yaml and inputs.yaml into `root`; returns the dvc.yaml path.
@@ -70,14 +71,15 @@ def write_run_pipeline(root: Path, params: Params, *, raw: Path | None = None, t
     root.mkdir(parents=True, exist_ok=True)
     code = str(Path(graph.__file__).resolve().parent)
     init = str(Path(init_from).absolute()) if init_from else None
-    variables = {**graph.DVC_VARS, graph.DVC_RAW_VAR: str(Path(raw).absolute()) if raw else "",
+    variables = {**dvc_pipeline.DVC_VARS, dvc_pipeline.DVC_RAW_VAR: str(Path(raw).absolute()) if raw else "",
                  "cli": str(cli_path()), "tracking_uri": stage_tracking_uri(tracking_uri), "experiment": experiment,
                  "teacher_name": names.teacher, "student_name": names.student}
     header = "# Written by `dbdgan steps --dvc --root ...`; rerun that command rather than editing this file.\n"
     atomic_write_text(root / "params.yaml",
                       header + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=120))
-    atomic_write_text(root / graph.DVC_INPUTS_FILE, header + yaml.safe_dump(variables, sort_keys=False, width=120))
+    atomic_write_text(root / dvc_pipeline.DVC_INPUTS_FILE,
+                      header + yaml.safe_dump(variables, sort_keys=False, width=120))
     dvc_yaml = root / "dvc.yaml"
-    atomic_write_text(dvc_yaml, header + graph.dvc_yaml_text(graph.dvc_file(code, until=until, init_from=init,
-                                                                            extra=extra)))
+    atomic_write_text(dvc_yaml, header + dvc_pipeline.dvc_yaml_text(
+        dvc_pipeline.dvc_file(code, until=until, init_from=init, extra=extra)))
     return dvc_yaml
