@@ -165,8 +165,12 @@ _THRESHOLD_HALF_SCALE = " (pass binarize=True to threshold at half scale)"
 
 
 def _unique(values: np.ndarray) -> np.ndarray:
-    """The sorted distinct values (a histogram for 8-bit data: the common case, and far cheaper than a sort)."""
+    """The sorted distinct values. 8-bit data (the common case: training reads every mask every epoch) skip
+    the sort: a mask holding only its minimum and maximum is told in two passes, others by a histogram."""
     if values.dtype == np.uint8:
+        low, high = int(values.min()), int(values.max())
+        if ((values == low) | (values == high)).all():
+            return np.array(sorted({low, high}), dtype=np.uint8)
         return np.flatnonzero(np.bincount(values.ravel(), minlength=256)).astype(np.uint8)
     return np.unique(values)
 
