@@ -13,7 +13,7 @@ def register(params: str, mlflow_tracking_uri: str, experiment: str, teacher_nam
     """Register both models with their metrics, alias `challenger` (dbdgan.steps.register).
 
     Returns the gate's decision on the student (promoted, passed, rejected or unchanged: what
-    promotion.run_gate decided from params `register.gate`), which the pipeline's condition reads; kfp.local
+    aliases.run_gate decided from params `register.gate`), which the pipeline's condition reads; kfp.local
     resolves a task's single return value in a dsl.If, but not named outputs.
     """
     import json

@@ -17,19 +17,12 @@ import torch
 from kfp_fixtures import component_params, free_port, port_closed
 from mlflow import MlflowClient
 
+from dbdgan.aliases import INCOMPLETE, REGISTRATION_TAG, promote, run_gate
 from dbdgan.checkpoint import save_model_file
 from dbdgan.config import load_params
 from dbdgan.models import create_model
-from dbdgan.promotion import (
-    INCOMPLETE,
-    LOCK_SUFFIX,
-    REGISTRATION_TAG,
-    LockHeldError,
-    promote,
-    registry_lock,
-    run_gate,
-)
 from dbdgan.registry import register_models
+from dbdgan.registry_lock import LOCK_SUFFIX, LockHeldError, registry_lock
 from dbdgan.storage import StorageError
 from dbdgan.tracking import ModelNames, Tracking, configure
 
@@ -183,7 +176,7 @@ def test_three_registers_racing_on_one_sqlite_store_take_turns(tmp_path: Path) -
 HOLD_AND_DIE = """
 import os, sys
 from mlflow import MlflowClient
-from dbdgan.promotion import registry_lock
+from dbdgan.registry_lock import registry_lock
 with registry_lock(sys.argv[2], MlflowClient(sys.argv[1])):
     print("held", flush=True)
     os._exit(9)  # killed while holding it

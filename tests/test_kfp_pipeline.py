@@ -65,7 +65,7 @@ def test_local_compile_wires_every_step_and_the_gate(tmp_path: Path) -> None:
     assert len(conditions) == 2
     text = " ".join(conditions.values())
     assert "pipelinechannel--reports_uri'] != ''" in text  # reports are copied only when asked for
-    # the one gate: the decision promotion.run_gate returned in the register step, nothing recomputed here
+    # the one gate: the decision aliases.run_gate returned in the register step, nothing recomputed here
     assert "pipelinechannel--register-Output'] == 'promoted'" in text
     assert "register" in spec["root"]["dag"]["tasks"]  # every step runs; the gate decides what follows
     assert "announce-champion" not in spec["root"]["dag"]["tasks"]

@@ -16,20 +16,10 @@ from mlflow import MlflowClient
 from pipeline_fixtures import tiny_params
 from test_registry import make_workspace
 
-from dbdgan.promotion import (
-    CHAMPION,
-    LOCK_SUFFIX,
-    PREVIOUS,
-    GateParams,
-    GateRefused,
-    champion_history,
-    evaluate_gate,
-    gate_params,
-    promote,
-    registry_lock,
-    rollback,
-    run_gate,
-)
+from dbdgan.aliases import CHAMPION, PREVIOUS, GateRefused, champion_history, promote, rollback, run_gate
+from dbdgan.config import GateParams
+from dbdgan.gate import evaluate_gate, gate_params
+from dbdgan.registry_lock import LOCK_SUFFIX, registry_lock
 from dbdgan.tracking import Tracking, configure
 
 NAME = "dbd-student"

@@ -91,7 +91,8 @@ def promote_line(record: dict[str, Any]) -> str:
 
 
 def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
-    from dbdgan.promotion import gate_params, promote, rollback
+    from dbdgan.aliases import promote, rollback
+    from dbdgan.gate import gate_params
 
     _use_store(args, params)
     name = args.model

@@ -22,8 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-from dbdgan.promotion import GateParams
-
 
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema; the message names the key and value."""
@@ -193,6 +191,19 @@ class EvaluateParams(_Section):
             raise ValueError(f"evaluate.extra_splits {self.extra_splits} must not repeat a split or hold "
                              f"evaluate.split ({self.split!r})")
         return self
+
+
+class GateParams(_Section):
+    """The promotion gate (params.yaml `register.gate`). Latency is batch-1 CPU latency at
+    evaluate.efficiency_size, as the evaluate step measured it; None switches a budget off."""
+
+    auto_promote: bool = True
+    max_f_margin: float = Field(0.01, ge=0.0, le=1.0)
+    mae_margin: float = Field(0.005, ge=0.0, le=1.0)
+    max_params: int | None = Field(25_000_000, gt=0)
+    max_latency_ms: float | None = Field(2000.0, gt=0.0)
+    min_max_f: float = Field(0.5, ge=0.0, le=1.0)
+    max_mae: float = Field(0.35, ge=0.0, le=1.0)
 
 
 class RegisterParams(_Section):

@@ -178,7 +178,8 @@ def _champion(client: Any, name: str) -> dict[str, Any] | None:
     """The current champion's version and `metric.*` tags, to set a new version's numbers beside."""
     from mlflow.exceptions import MlflowException
 
-    from dbdgan.promotion import CHAMPION, METRIC_PREFIX
+    from dbdgan.aliases import CHAMPION
+    from dbdgan.gate import METRIC_PREFIX
 
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
@@ -247,7 +248,7 @@ def _new_version(client: Any, name: str, role: str, model_path: Path, payload: d
     """
     import mlflow
 
-    from dbdgan.promotion import INCOMPLETE, REGISTRATION_TAG
+    from dbdgan.aliases import INCOMPLETE, REGISTRATION_TAG
 
     card = model_card(facts)
     run_id = _training_run(client, tags["training_run_id"] or None)
@@ -294,18 +295,9 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     """
     from mlflow import MlflowClient
 
-    from dbdgan.promotion import (
-        CHALLENGER,
-        COMPLETE,
-        MANIFEST_TAG,
-        METRIC_PREFIX,
-        PROTOCOL_TAG,
-        REGISTER_LOCK_SUFFIX,
-        REGISTRATION_TAG,
-        gate_params,
-        registry_lock,
-        run_gate,
-    )
+    from dbdgan.aliases import CHALLENGER, COMPLETE, REGISTRATION_TAG, run_gate
+    from dbdgan.gate import MANIFEST_TAG, METRIC_PREFIX, PROTOCOL_TAG, gate_params
+    from dbdgan.registry_lock import REGISTER_LOCK_SUFFIX, registry_lock
 
     experiment_id = configure(tracking, params.register.service_timeout_s)
     client = MlflowClient()
