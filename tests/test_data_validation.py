@@ -302,3 +302,26 @@ def test_clean_cuhk_subset_passes(shared_cuhk: Path, tmp_path: Path) -> None:
     report = validate_dataset(root, tmp_path / "report", max_pixels=MAX_PIXELS)
     assert report.success, report.message()
     assert report.n_rows == len(chosen) >= 40
+
+
+def test_validation_and_training_read_masks_by_one_rule(dataset: Path, tmp_path: Path) -> None:
+    """What validation accepts, training reads as validated; what it rejects, training refuses for the
+    same reason: both go through dbdgan.data.imageio (report mode here, load_mask there)."""
+    from dbdgan.data.dataset import DBDDataset
+    from dbdgan.data.imageio import ImageError
+
+    labels = np.asarray(Image.open(dataset / "masks/train000.png")) // 255
+    Image.fromarray(labels.astype(np.uint8)).save(dataset / "masks/train000.png")  # 0/1, not 0/255
+    _rehash(dataset)
+    assert validate_dataset(dataset, tmp_path / "ok", max_pixels=MAX_PIXELS).success
+    sample = DBDDataset(dataset, "train", size=None, augment=False)[0]
+    assert sample["id"] == "train000" and (sample["mask"][0].numpy() == labels).all()
+
+    Image.fromarray((labels * 128).astype(np.uint8)).save(dataset / "masks/train000.png")
+    _rehash(dataset)
+    err = _expect_failure(
+        dataset, tmp_path / "bad", "expect_column_values_to_be_null(column='mask_non_binary')", ["masks/train000.png"]
+    )
+    with pytest.raises(ImageError, match="mask is not binary: values 0, 128") as refused:
+        DBDDataset(dataset, "train", size=None, augment=False)[0]
+    assert refused.value.reason.split(" (")[0] in str(err)
