@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from dbdgan import __version__, graph, lineage, steps
+from dbdgan.cli_common import add_tracking_args, tracking_from
 from dbdgan.config import ConfigError, Params, load_params, params_from_dict
 from dbdgan.failures import report
 from dbdgan.redact import RedactingFormatter, redact
-from dbdgan.tracking import LOCAL_STORE, ModelNames, Tracking
+from dbdgan.tracking import ModelNames
 
 Handler = Callable[[Params, argparse.Namespace], Any]
 PLUGIN_GROUP = "dbdgan.commands"  # entry points adding top-level commands (the KFP adapter adds `pipeline`)
@@ -38,19 +39,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="params file (default: params.yaml); repeat to overlay a profile on it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param by dotted key, e.g. --set train_teacher.epochs=2 (repeatable)")
-
-
-def add_tracking_args(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
-    parser.add_argument("--tracking-uri",
-                        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {LOCAL_STORE})")
-    if experiment:
-        parser.add_argument("--experiment", default=Tracking.experiment,
-                            help="MLflow experiment (default: %(default)s)")
-
-
-def tracking_from(args: argparse.Namespace) -> Tracking:
-    return Tracking(uri=getattr(args, "tracking_uri", None) or None,
-                    experiment=getattr(args, "experiment", None) or Tracking.experiment)
 
 
 def _add_name_args(parser: argparse.ArgumentParser) -> None:

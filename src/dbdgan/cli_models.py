@@ -35,7 +35,7 @@ def _input_size(text: str) -> int | str | None:
 def _use_store(args: argparse.Namespace, params: Params) -> str:
     import mlflow
 
-    from dbdgan.cli import tracking_from
+    from dbdgan.cli_common import tracking_from
     from dbdgan.store_check import require_store
     from dbdgan.tracking import bound_waits
 
@@ -105,7 +105,7 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> Any:
 
 
 def add_commands(add: AddCommand) -> None:
-    from dbdgan.cli import add_tracking_args
+    from dbdgan.cli_common import add_tracking_args
     from dbdgan.tracking import ModelNames
 
     p = add("predict", cmd_predict, "blur maps (and overlays) for photos, files or folders, with a model")
