@@ -114,7 +114,11 @@ def test_bad_header_and_shape(tmp_path: Path) -> None:
     assert not manifest.has_header(tmp_path)
     manifest.write(tmp_path, RECORDS)
     path.write_text(path.read_text() + "e,train\n")
-    with pytest.raises(ManifestError, match=r"manifest\.csv line 6: .*another length"):
+    with pytest.raises(ManifestError, match=r"manifest\.csv line 6: 11 fields expected, got 2"):
+        manifest.read(tmp_path)
+    manifest.write(tmp_path, RECORDS)
+    path.write_text(path.read_text().replace("synthetic,", "synthetic,,", 1))
+    with pytest.raises(ManifestError, match=r"manifest\.csv line 2: 11 fields expected, got 12"):
         manifest.read(tmp_path)
     path.write_bytes(b"\xff\xfe" + ",".join(COLUMNS).encode("utf-16-le"))
     with pytest.raises(ManifestError, match="not UTF-8"):

@@ -141,9 +141,10 @@ def read(data_dir: str | Path, split: str | None = None) -> list[Row]:
             _check_header(path, reader.fieldnames)
             for record in reader:
                 line = reader.line_num
-                if None in record or any(record[c] is None for c in COLUMNS):
-                    raise ManifestError(path, f"{len(reader.fieldnames or [])} fields expected, "
-                                              f"got a row of another length", line=line)
+                if None in record or None in record.values():  # csv's marks of a longer or shorter row
+                    got = sum(v is not None for k, v in record.items() if k is not None) + len(record.get(None, ()))
+                    raise ManifestError(path, f"{len(record) - (None in record)} fields expected, got {got}",
+                                        line=line)
                 row = {c: record[c] for c in COLUMNS}
                 for column, value in row.items():
                     problem = _value_problem(column, value)
