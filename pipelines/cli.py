@@ -8,12 +8,18 @@ $KFP_TOKEN (or --token) and goes only to kfp.Client; S3 and MLflow credentials s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import sys
 import tempfile
+import time
 import warnings
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +79,7 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
                    help="CPU request and limit of a step, e.g. train_teacher=4,8 (limit default: the request)")
     g.add_argument("--memory", type=_key_value, action="append", default=[], metavar="STEP=REQUEST[,LIMIT]",
                    help="memory request and limit of a step, e.g. train_teacher=16Gi (repeatable)")
-    g.add_argument("--retries", type=int, default=2, help="retries of each step except register")
+    g.add_argument("--retries", type=int, default=2, help=f"retries of each step except {_not_retried()}")
     g.add_argument("--timeout", type=_key_value, action="append", default=[], metavar="STEP=SECONDS",
                    help="a step's pod deadline (activeDeadlineSeconds), e.g. train_teacher=172800 (repeatable; "
                         "defaults in docs/kubernetes.md); a timed-out step fails and is retried")
@@ -92,6 +98,12 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrain-experiment", help="MLflow experiment of pre-training (default: dbdgan-pretrain)")
     g.add_argument("--teacher-name", help="registered teacher name (default: dbd-teacher)")
     g.add_argument("--student-name", help="registered student name (default: dbd-student)")
+
+
+def _not_retried() -> str:
+    from dbdgan.graph import STEPS
+
+    return ", ".join(one.name for one in STEPS if not one.pod.retry)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's workspace folder (default: a new one under the pipeline root; kfp.local "
                         "removes it when the run ends)")
     p.add_argument("--retries", type=int, default=0,
-                   help="retries of each step except register, as on a cluster (default 0)")
+                   help=f"retries of each step except {_not_retried()}, as on a cluster (default 0)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stream kfp.local's output and every task's logs (default: one line per task, and the "
+                        "failed task's last lines)")
     _add_run_args(p)
 
     p = sub.add_parser("submit", help="compile for the cluster and start a run with kfp.Client")
@@ -266,6 +281,122 @@ def local_trial(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **own})
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class TaskLines(io.TextIOBase):
+    """What kfp.local prints, one line per task: its own log lines and every task's streamed logs arrive here.
+
+    kfp.local (2.x) writes all of it to sys.stdout: its log records through a handler it makes on sys.stdout for
+    each task (`Executing task 'NAME'`, `Task 'NAME' finished with status STATUS`, the outputs, a rule), the
+    task's subprocess output through print(); retries and skipped tasks are records of the root logger. A line
+    per finished task goes to `out`; the lines of the task that ran last are kept (`failed`), so that a failure
+    can show its error without the hundreds of lines before it.
+    """
+
+    STARTED = re.compile(r"Executing task '([^']+)'")
+    FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+    OUTPUT = re.compile(r"^\s+Output: '(.*)'$")  # a task's single return value (register's gate decision)
+    RETRY = re.compile(r"Task (\S+) failed \(attempt (\d+)/(\d+)\)")
+    SKIPPED = re.compile(r"Skipping (conditional )?task ([^\s:]+)")
+
+    def __init__(self, out: Any, tail: int = 60) -> None:
+        super().__init__()
+        self.out = out
+        self._partial = ""
+        self._task: str | None = None
+        self._status: str | None = None
+        self._value: str | None = None
+        self._started = self._seconds = 0.0
+        self._lines: deque[str] = deque(maxlen=tail)
+        self._skip_to: str | None = None  # the line that ends the executor's input JSON, which says nothing new
+        self.failed: tuple[str, list[str]] | None = None  # the last failed task and its last lines
+        self.finished: list[tuple[str, str]] = []  # (task, status) in order
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line).rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close_task(self) -> None:
+        """Say the line of the task that finished last, if not said yet."""
+        if self._task is None or self._status is None:
+            return
+        value = f" -> {self._value}" if self._value else ""
+        self._say(f"{self._task}: {self._status} in {self._seconds:.0f} s{value}")
+        self.finished.append((self._task, self._status))
+        if self._status != "SUCCESS":
+            self.failed = (self._task, [line for line in self._lines if line.strip()])
+        self._task = self._status = self._value = None
+
+    def _say(self, text: str) -> None:
+        print(f"  {text}", file=self.out, flush=True)
+
+    def _line(self, line: str) -> None:
+        started = self.STARTED.search(line)
+        if started:
+            self.close_task()
+            self._task, self._started = started[1], time.monotonic()
+            self._lines.clear()
+            return
+        if self._skip_to is not None:
+            if line == self._skip_to:
+                self._skip_to = None
+            return
+        if line.endswith("Got executor_input:"):
+            self._skip_to = line[: len(line) - len(line.lstrip())] + "}"
+            return
+        self._lines.append(line)
+        finished, output = self.FINISHED.search(line), self.OUTPUT.match(line)
+        retry, skipped = self.RETRY.search(line), self.SKIPPED.search(line)
+        if finished and finished[1] == self._task:
+            self._status, self._seconds = finished[2], time.monotonic() - self._started
+        elif output and self._status:
+            self._value = output[1]
+        elif line.startswith("-----") and not line.strip("-"):  # the rule after each task
+            self.close_task()
+        elif retry:
+            self.close_task()
+            self._say(f"{retry[1]}: attempt {retry[2]} of {retry[3]} failed, retrying")
+        elif skipped:
+            self._say(f"{skipped[2]}: skipped ({'its condition is false' if skipped[1] else 'a task before failed'})")
+
+
+@contextlib.contextmanager
+def _task_lines(verbose: bool) -> Iterator[TaskLines | None]:
+    """kfp.local's output as one line per task (`TaskLines`), or all of it with --verbose."""
+    if verbose:
+        yield None
+        return
+    lines = TaskLines(sys.stdout)
+    handler = logging.StreamHandler(lines)  # the root logger's records outside kfp's own handler: retries, skips
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(lines):
+            yield lines
+    except BaseException:
+        lines.close_task()
+        if lines.failed:
+            task, tail = lines.failed
+            print(f"dbdgan pipeline run-local: task {task} failed; its last lines (all of them with -v):",
+                  *(f"    {line}" for line in tail), sep="\n", file=sys.stderr)
+        raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    lines.close_task()
+
+
 def _cmd_run_local(args: argparse.Namespace) -> int:
     from kfp import local
 
@@ -276,7 +407,7 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
                                                                                               dir=root))
     workspace.mkdir(parents=True, exist_ok=True)
     digest = _data_digest(args.data_uri)
-    pipeline = _pipeline(args, None, retries=args.retries, uncached=("prepare",) if digest is None else ())
+    pipeline = _pipeline(args, None, retries=args.retries, uncached=_raw_readers() if digest is None else ())
     # Components never fall back to a local store (in a pod it would vanish); on this machine the CLI's
     # default is the right one, so run-local names it explicitly.
     from dbdgan.tracking import LOCAL_STORE
@@ -285,14 +416,27 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     args.mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                workspace_root=str(workspace))
-    with warnings.catch_warnings():
+    start = time.monotonic()
+    print(f"running the pipeline with kfp.local (tracking: {redact(args.mlflow_uri)}); every task's logs with -v",
+          flush=True)
+    with warnings.catch_warnings(), _task_lines(args.verbose) as lines:
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Display names only label the KFP UI.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         pipeline(**_run_arguments(args, digest))
-    print(f"pipeline finished; task outputs under {root}")
+    tasks = f"{len(lines.finished)} tasks, " if lines else ""
+    print(f"pipeline finished in {(time.monotonic() - start) / 60:.1f} min ({tasks}registered as "
+          f"{args.teacher_name} / {args.student_name} in experiment {args.mlflow_experiment}); task outputs under "
+          f"{root}")
     return 0
+
+
+def _raw_readers() -> tuple[str, ...]:
+    """The steps that read the raw dataset (its digest keys their cache): never cached when it is unknown."""
+    from dbdgan.graph import RAW, STEPS
+
+    return tuple(one.name for one in STEPS if one.takes(RAW.argument))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -304,7 +448,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     digest = "" if args.no_cache else _data_digest(args.data_uri)  # without caching no result can be stale
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args, Path(tmp) / "pipeline.yaml", _cluster(args),
-                                   uncached=("prepare",) if digest is None else ())
+                                   uncached=_raw_readers() if digest is None else ())
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)

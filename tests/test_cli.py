@@ -108,3 +108,53 @@ def test_results_names_the_run_and_its_registered_models(capsys, tmp_path, monke
     assert out.startswith(f"Results ({model.teacher} -> {model.student} on cuhk data, test split):")
     assert f"{tmp_path}/metrics/<model>.json" in out and "no metrics in" in out
     assert "student: models:/dbd-student-cuhk/3 (alias challenger; gate: promoted)" in out
+
+
+def test_a_step_prints_one_line_and_its_details_with_json(capsys, tmp_path):
+    """Quiet by default (issue 26): the row's summary line; --json: the JSON the details were before."""
+    import json
+
+    tiny = ["--params", str(REPO / "params.yaml"), "--set", "data.synthetic.num_images=8",
+            "--set", "data.synthetic.size=32"]
+    assert main(["prepare", *tiny, "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"prepared the dataset: {tmp_path / 'a' / 'manifest.csv'}"]
+    assert main(["prepare", *tiny, "--out", str(tmp_path / "b"), "--json", "-v"]) == 0  # -v also after the command
+    assert json.loads(capsys.readouterr().out) == {"manifest": str(tmp_path / "b" / "manifest.csv")}
+
+
+def test_each_steps_summary_is_one_line_without_name_value_pairs():
+    """What each step's row prints, for results shaped like the real ones: one line, and no `name=value` that
+    Katib's default collector (which reads a trial's every line) would take for a metric."""
+    import re
+    from types import SimpleNamespace
+
+    from dbdgan import graph
+
+    results = {
+        "prepare": "data/prepared/manifest.csv",
+        "validate": SimpleNamespace(summary={"success": True, "n_rows": 24, "split_counts": {"train": 16, "val": 4,
+                                             "test": 4}, "evaluated_expectations": 25, "warnings": [],
+                                             "data_docs": "reports/validation/index.html"}),
+        "train_teacher": {"stage": "train_teacher", "best_metric": "val_score", "best_score": 0.7074,
+                          "best": {"epoch": 2}, "mlflow_run_id": "abc", "history": [{}, {}]},
+        "distill_student": {"stage": "distill_student", "rank": 1},
+        "evaluate": {"teacher": {"infocus_max_f": 0.81, "max_f": 0.9, "mae": 0.1, "n_images": 4},
+                     "student": {"infocus_max_f": 0.79, "max_f": 0.88, "mae": 0.11}},
+        "register": {"teacher": {"model_uri": "models:/t/1", "reused": True, "version": 1},
+                     "student": {"model_uri": "models:/s/2", "reused": False,
+                                 "gate": {"result": "promoted", "reason": "beats the champion", "checks": []}}},
+    }
+    lines = {one.name: one.summary(one.brief(results[one.name])) for one in graph.STEPS}
+    for name, line in lines.items():
+        assert line and "\n" not in line and not re.search(r"[\w|-]+\s*=\s*[+-]?\d", line), (name, line)
+    assert lines["validate"] == ("valid: 24 rows (train 16, val 4, test 4), 25 expectations passed, 0 warnings; "
+                                 "Data Docs reports/validation/index.html")
+    assert lines["train_teacher"] == "train_teacher: kept epoch 2 (val_score 0.7074); MLflow run abc"
+    assert lines["distill_student"] == "distill_student: process 1 done"
+    assert lines["evaluate"].startswith("in-focus max-F / MAE: teacher 0.810 / 0.100, student 0.790 / 0.110")
+    assert lines["register"] == ("registered teacher models:/t/1 (the same file: its version reused), student "
+                                 "models:/s/2 (alias challenger); gate on the student: promoted (beats the champion)")
+    # --json keeps what the commands printed before: the brief, not the whole result
+    assert graph.step("register").brief(results["register"])["student"] == {
+        "model_uri": "models:/s/2", "reused": False, "gate": "promoted", "reason": "beats the champion"}

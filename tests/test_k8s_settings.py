@@ -159,3 +159,56 @@ def test_component_tracking_comes_from_the_parameter_or_the_pod(monkeypatch: pyt
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlflow.svc:5000")
     assert rt.tracking("", "exp").uri == "http://mlflow.mlflow.svc:5000"
     assert rt.tracking("http://other:5000", "exp").uri == "http://other:5000"
+
+
+def _retries(spec: dict) -> dict[str, int | None]:
+    from kfp_fixtures import pipeline_tasks
+
+    return {name.replace("-", "_"): task.get("retryPolicy", {}).get("maxRetryCount")
+            for name, task in pipeline_tasks(spec).items() if not name.startswith("condition")}
+
+
+def test_what_each_task_gets_is_its_steps_row(tmp_path: Path) -> None:
+    """Resources, deadline, GPUs, the S3 Secret and retries of every step's task are its row's `pod`
+    (dbdgan.graph.STEPS); the plumbing tasks' are k8s.PLUMBING's."""
+    from dbdgan.graph import STEPS
+    from dbdgan_kfp.pipelines import k8s
+
+    containers, platform = _compile(tmp_path, "--gpus", "1")
+    spec = next(yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text()))
+    retries = _retries(spec)
+    pods = {**{one.name: one.pod for one in STEPS}, **k8s.PLUMBING}
+    for name, container in containers.items():
+        pod = pods[name]
+        resources = container["resources"]
+        assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == (pod.resources.cpu,
+                                                                                       pod.resources.memory)
+        assert ("accelerator" in resources) == pod.gpu, name
+        assert platform[name]["activeDeadlineSeconds"] == str(pod.timeout_s), name
+        secrets = {s["secretName"] for s in platform[name].get("secretAsEnv", [])}
+        assert ("dbdgan-s3" in secrets) == pod.s3, name
+        if name in retries:
+            assert (retries[name] is not None) == pod.retry, name
+
+
+def test_a_step_declared_gpu_or_unretried_is_what_the_cluster_compile_applies(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from kfp import compiler
+
+    from dbdgan_kfp.pipelines import k8s
+    from dbdgan_kfp.pipelines.pipeline import build_pipeline
+
+    monkeypatch.setitem(k8s.PODS, "evaluate", replace(k8s.PODS["evaluate"], gpu=True, retry=False))
+    out = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline((REPO / "params.yaml").read_text(), image="r/d:1",
+                                               cluster=k8s.ClusterSettings(gpus=1)), str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    executor = spec["components"]["comp-evaluate"]["executorLabel"]
+    accelerator = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceCount"], accelerator["resourceType"]) == ("1", "nvidia.com/gpu")
+    retries = _retries(spec)
+    assert retries["evaluate"] is None and retries["validate"] == 2
+    with pytest.raises(KeyError, match="no step or pipeline task 'nope'"):
+        k8s.pod("pretrain_nope")

@@ -304,3 +304,63 @@ def test_library_never_imports_kfp() -> None:
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'dvc'))\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def _shout(text: str) -> str:
+    print("a line of the task's own log", text)
+    return text.upper()
+
+
+def _boom(text: str) -> None:
+    print("about to fail")
+    raise ValueError(f"planted failure for {text}")
+
+
+def test_run_local_prints_a_line_per_task_and_the_failed_tasks_last_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real kfp.local run (two tiny lightweight components) through run-local's quiet output: each task one
+    line (its return value beside it), a skipped one said so, retries said so; a failure adds the failed task's
+    last lines to stderr, without the executor's input JSON; -v (the flag) would stream everything."""
+    import re
+
+    from kfp import dsl, local
+
+    from dbdgan_kfp.pipelines.cli import _task_lines
+
+    # this module's annotations are strings (__future__), which KFP does not read: the real types
+    _shout.__annotations__, _boom.__annotations__ = {"text": str, "return": str}, {"text": str, "return": None}
+    shout = dsl.component(_shout, base_image="python:3.11", install_kfp_package=False)
+    boom = dsl.component(_boom, base_image="python:3.11", install_kfp_package=False)
+
+    def tiny_graph(fail: bool = False) -> None:
+        first = shout(text="x")
+        with dsl.If(first.output == "never"):
+            shout(text="skipped")
+        with dsl.If(fail == True):  # noqa: E712 - a KFP condition, not a Python comparison
+            boom(text=first.output).set_retry(num_retries=1, backoff_duration="0s")
+
+    tiny_graph.__annotations__ = {"fail": bool, "return": None}
+    tiny = dsl.pipeline(name="tiny")(tiny_graph)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    with _task_lines(verbose=False) as lines:
+        tiny()
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"  shout: SUCCESS in \d+ s -> X", out[0]), out
+    assert sorted(out[1:]) == ["  condition-1: skipped (its condition is false)",
+                               "  condition-2: skipped (its condition is false)"]
+    assert lines is not None and lines.finished == [("shout", "SUCCESS")]
+
+    with pytest.raises(RuntimeError, match="Inner task failed"), _task_lines(verbose=False):
+        tiny(fail=True)
+    captured = capsys.readouterr()
+    said = [re.sub(r"in \d+ s", "in N s", line) for line in captured.out.splitlines()]
+    assert said == ["  shout: SUCCESS in N s -> X", "  condition-1: skipped (its condition is false)",
+                    "  boom: FAILURE in N s", "  boom: attempt 1 of 2 failed, retrying", "  boom: FAILURE in N s"]
+    assert "a line of the task's own log" not in captured.out + captured.err  # only in -v's stream
+    err = captured.err.splitlines()
+    assert err[0] == "dbdgan pipeline run-local: task boom failed; its last lines (all of them with -v):"
+    assert any(line.strip() == "about to fail" for line in err)
+    assert any(line.strip() == "ValueError: planted failure for X" for line in err)
+    assert "executor_input" not in captured.err and "parameterValues" not in captured.err
+    assert cli.build_parser().parse_args(["run-local", "-v"]).verbose
