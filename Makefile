@@ -11,7 +11,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 # made CPU training steps ~10x slower (benchmarks/README.md). Sleeping idle threads cost little when it is quiet.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install install-test run test lint train-real clean image image-test serve
+.PHONY: install install-test run test test-fast lint train-real clean image image-test serve
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
 # [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]
@@ -74,6 +74,10 @@ endif
 
 test: install-test
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the end-to-end and server tests (markers in pyproject.toml), in minutes.
+test-fast: install-test
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not e2e and not server and not slow"
 
 lint: install-test
 	$(BIN)/ruff check .

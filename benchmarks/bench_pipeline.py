@@ -1,9 +1,10 @@
 """Pipeline wall time: a cold `dvc repro` of the whole DAG, and a no-op `dvc repro` (nothing changed).
 
-Runs in a temporary copy of the project, as tests/test_pipeline_e2e.py does: dvc.yaml, .dvcignore and
-params.yaml copied, src/ symlinked, fresh `git init` + `dvc init`, so the repository's own outputs, DVC cache
-and MLflow store are untouched. The stages run the installed `dbdgan` CLI exactly as `make run` does.
-  --tiny (default): the e2e test's tiny config (30 synthetic images at 48 px, one epoch each): minutes.
+Runs in a temporary copy of the project: dvc.yaml, .dvcignore and params.yaml copied, src/ symlinked, fresh
+`git init` + `dvc init`, so the repository's own outputs, DVC cache and MLflow store are untouched. The stages
+run the installed `dbdgan` CLI exactly as `make run` does.
+  --tiny (default): params.yaml + profiles/tiny.yaml, the tests' tiny config (24 synthetic images at 48 px, one
+          epoch each): minutes.
   --full: params.yaml as it is, i.e. the default pipeline's wall time (`python benchmarks/bench_pipeline.py
           --full`; tens of minutes on a busy 2-core machine).
 Then `dvc repro` is timed --noop-runs times with nothing changed (median): the cost of asking DVC whether
@@ -35,13 +36,10 @@ STAGES = [step.name for step in STEPS]
 
 
 def tiny_params() -> dict[str, Any]:
-    """The end-to-end test's config (tests/test_pipeline_e2e.py): every stage runs, each in seconds."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["synthetic"].update(num_images=30, size=48)
-    for stage in ("train_teacher", "distill_student"):
-        params[stage].update(epochs=1, batch_size=4, image_size=48)
-    params["evaluate"].update(efficiency_size=64, efficiency_runs=1, grid_samples=2)
-    return params
+    """params.yaml + profiles/tiny.yaml (the tests' tiny config), merged and validated: every stage in seconds."""
+    from dbdgan.config import load_params
+
+    return load_params([ROOT / "params.yaml", ROOT / "profiles" / "tiny.yaml"]).model_dump(mode="json")
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:

@@ -1,6 +1,7 @@
 """Real local services for the storage and KFP tests: a moto S3 server and an `mlflow server` on 127.0.0.1.
 
-Plain context managers (not fixtures) so that each test module wraps them at the scope it needs.
+Plain context managers (not fixtures) so that each test module wraps them at the scope it needs; the suite's
+one S3 endpoint is conftest's session fixture `moto_endpoint`, made with `moto_server()` here.
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# params overrides for a pipeline run of a few seconds per step (the kfp.local and in-image runs)
-TINY = [
-    "seed=0", "device=cpu",
-    "data.synthetic.num_images=24", "data.synthetic.size=48", "data.min_size=32",
-    "model.teacher=teacher_tiny", "model.student=mobile_tiny", "model.discriminator_width=8",
-    "train_teacher.epochs=1", "train_teacher.image_size=48", "train_teacher.batch_size=4",
-    "distill_student.epochs=1", "distill_student.image_size=48", "distill_student.batch_size=4",
-    "evaluate.thresholds=32", "evaluate.grid_samples=2",
-    "evaluate.efficiency_size=32", "evaluate.efficiency_runs=1",
-]
+from pipeline_fixtures import TINY_OVERRIDES
+
+# profiles/tiny.yaml as `--set` overrides: a pipeline run of a few seconds per step (kfp.local, in-image runs)
+TINY = TINY_OVERRIDES
 SECRET_PREFIX = "PLANTEDSECRET"
 REPO = Path(__file__).resolve().parents[1]
 

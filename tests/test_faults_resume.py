@@ -8,19 +8,15 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from pipeline_fixtures import tiny_params
 
 from dbdgan import checkpoint, steps
 from dbdgan.checkpoint import code_version, resume_key, resume_mismatch
-from dbdgan.config import load_params
 from dbdgan.tracking import Tracking
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["device=cpu", "data.synthetic.num_images=24", "data.synthetic.size=48", "model.discriminator_width=8",
-        "train_teacher.batch_size=4", "train_teacher.image_size=48"]
 
 
 def _params(epochs: int):
-    return load_params(REPO / "params.yaml", [*TINY, f"train_teacher.epochs={epochs}"])
+    return tiny_params([f"train_teacher.epochs={epochs}"])
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from kfp_fixtures import dummy_credentials, free_port, moto_server
+from kfp_fixtures import dummy_credentials, free_port
 
 from dbdgan.storage import MARKER, S3Store, StorageError, download, endpoint_url, parse_s3_uri, upload
 
@@ -21,9 +20,8 @@ CREDENTIAL_ENV = (
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+def endpoint(moto_endpoint: str) -> str:
+    return moto_endpoint  # the suite's one S3 server (conftest)
 
 
 @pytest.fixture

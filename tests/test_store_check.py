@@ -4,13 +4,13 @@ nothing is created (the real `dbdgan` command in a folder that is not the reposi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kfp_fixtures import free_port
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +45,7 @@ def test_a_missing_local_store_is_one_line_and_nothing_is_created(elsewhere, com
 
 
 def test_an_unreachable_server_is_one_line_naming_it(elsewhere):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     proc = _dbdgan(["predict", "photo.png", "--model", "models:/dbd-student@champion", "-o", "maps",
                     "--tracking-uri", uri, "--set", "register.service_timeout_s=2"], elsewhere)
     assert proc.returncode != 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_fixtures import REPO, TINY_OVERRIDES, run_step, tiny_params, tiny_tracking
+from pipeline_fixtures import TINY_FILES, run_step, tiny_params, tiny_tracking
 
 from dbdgan import steps
 from dbdgan.checkpoint import load_model_file, read_model_file
@@ -29,8 +29,12 @@ def prepared(tmp_path_factory) -> Path:
     return steps.prepare(tiny_params(), out=root / "data" / "prepared").parent
 
 
+TEACHER_EPOCHS = ["train_teacher.epochs=2"]  # on profiles/tiny.yaml: a teacher here trains two epochs unless told
+PARAMS = [arg for path in TINY_FILES for arg in ("--params", str(path))]  # the same files on a command line
+
+
 def _params(extra: list[str] | None = None):
-    return tiny_params(extra)
+    return tiny_params([*TEACHER_EPOCHS, *(extra or [])])
 
 
 def _train(root: Path, data: Path, extra: list[str] | None = None, **given):
@@ -212,11 +216,8 @@ def test_ddp_two_cpu_processes_train_end_to_end(tmp_path, prepared):
     """torchrun with 2 gloo processes on CPU; only rank 0 writes the model and checkpoints."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    overrides = [*TINY_OVERRIDES, "train_teacher.epochs=1"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml"), "--data", str(prepared)]
-    for override in overrides:
-        command += ["--set", override]
+               "-m", "dbdgan.cli", "train-teacher", *PARAMS, "--set", "train_teacher.epochs=1", "--data", str(prepared)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -266,10 +267,8 @@ KATIB_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 def test_each_epoch_logs_a_line_that_katibs_default_collector_reads(tmp_path, prepared):
     """A tiny `dbdgan train-teacher` run as a Katib trial runs it: its output, read with Katib's default filter
     (every line, name=value pairs of the metrics asked for), gives each epoch's numbers as MLflow logged them."""
-    command = [sys.executable, "-m", "dbdgan.cli", "train-teacher", "--params", str(REPO / "params.yaml"),
-               "--data", str(prepared), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow/mlflow.db"]
-    for override in TINY_OVERRIDES:
-        command += ["--set", override]
+    command = [sys.executable, "-m", "dbdgan.cli", "train-teacher", *PARAMS, *(f"--set={o}" for o in TEACHER_EPOCHS),
+               "--data", str(prepared), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow/mlflow.db", "--json"]
     proc = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
