@@ -59,7 +59,7 @@ def _kill_after_first_checkpoint(checkpoint: Path, stop: threading.Event, killed
 def _run_local(root: Path, store: str, workspace: Path, *extra: str) -> int:
     args = ["run-local", "--params", str(REPO / "params.yaml"), "--pipeline-root", str(root),
             "--workspace", str(workspace), "--mlflow-uri", store, "--teacher-name", "rs-teacher",
-            "--student-name", "rs-student", "--mlflow-experiment", "resume"]
+            "--student-name", "rs-student", "--mlflow-experiment", "resume", "-v"]  # -v: the tasks' own log lines
     for override in OVERRIDES:
         args += ["--set", override]
     return cli.main([*args, *extra])
