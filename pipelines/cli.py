@@ -60,6 +60,8 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    from dbdgan_kfp.pipelines.k8s import S3_STEPS
+
     g = parser.add_argument_group("cluster settings (see docs/kubernetes.md)")
     g.add_argument("--s3-secret", default="dbdgan-s3",
                    help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ('' = none: use a pod identity)")
@@ -67,8 +69,8 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config-map", default="dbdgan-config",
                    help="optional ConfigMap with MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...")
     g.add_argument("--s3-steps", type=lambda text: tuple(s for s in text.split(",") if s), metavar="STEP,...",
-                   help="steps that get the S3 Secret (default: prepare,validate,register,publish_reports; add the "
-                        "training steps when the MLflow server does not proxy artifacts)")
+                   help=f"steps that get the S3 Secret (default: {', '.join(S3_STEPS)}; add the training steps "
+                        "when the MLflow server does not proxy artifacts)")
     g.add_argument("--gpus", type=int, default=0, help="GPUs per training step (default 0: CPU training)")
     g.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
     g.add_argument("--gpu-node-selector", type=_key_value, action="append", metavar="KEY=VALUE",
