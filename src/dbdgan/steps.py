@@ -1,8 +1,9 @@
 """The pipeline steps, one plain function each: the CLI, DVC stages and KFP components all call these.
 
 Each takes its hyperparameters (`params`), its inputs and its output by their artifact names in
-`dbdgan.graph.STEPS` (`dataset`, `teacher`, ..., and `out`), and where it tracks and registers (`tracking`,
-`names`). Nothing here reads a path from params.
+`dbdgan.graph.STEPS` (`dataset`, `teacher`, ..., and `out`), and the other arguments its row there declares
+(`graph.Step.arguments`: where it tracks and registers, `tracking` and `names`, and its options), which
+`graph.call` passes and nothing else. Nothing here reads a path from params.
 """
 
 from __future__ import annotations
