@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from dbdgan import graph
+from dbdgan import graph, steps
 from dbdgan.config import Params, load_params
 from dbdgan.tracking import Tracking
 
@@ -70,4 +70,4 @@ def run_step(root: Path, name: str, params: Params, **given: Any) -> Any:
     paths: dict[str, Any] = {inp: artifact(root, inp) for inp in one.inputs}
     paths.update({"out": artifact(root, one.output), "tracking": tiny_tracking(root)})
     paths.update({arg: root / default for arg, default in one.scratch})
-    return graph.call(one, params, **{**paths, **given})
+    return steps.call(one, params, **{**paths, **given})

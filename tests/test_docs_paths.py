@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dbdgan import graph
+from dbdgan import dvc_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_plots_the_readme_names_are_the_ones_dvc_draws():
     text = (REPO / "README.md").read_text()
     named = set(re.findall(r"(?<![\w/])(metrics/[\w/{},<>*.-]+\.png)", text))
-    drawn = {entry for entry in graph.DVC_PLOTS if isinstance(entry, str)}
+    drawn = {entry for entry in dvc_pipeline.DVC_PLOTS if isinstance(entry, str)}
     assert named, "the README names no plot"
     assert named <= drawn, f"not written by the evaluate step: {sorted(named - drawn)}"
     assert drawn <= named  # and it names both

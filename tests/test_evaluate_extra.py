@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from pipeline_fixtures import REPO, artifact, tiny_params, tiny_tracking
 
-from dbdgan import cli, graph, steps
+from dbdgan import cli, dvc_pipeline, graph, steps
 from dbdgan.checkpoint import save_model_file
 from dbdgan.config import load_params
 from dbdgan.evaluation.extra import ExtraDataset, parse_extra
@@ -186,7 +186,7 @@ def test_a_run_folder_pipeline_scores_them_in_its_evaluate_stage(tmp_path, monke
     # without extra datasets the stage is the repository's: the default pipeline does not change
     write_run_pipeline(tmp_path / "plain", params)
     plain = yaml.safe_load((tmp_path / "plain" / "dvc.yaml").read_text())["stages"]["evaluate"]
-    assert plain["outs"] == graph.dvc_stages()["evaluate"]["outs"] and "--extra" not in plain["cmd"]
+    assert plain["outs"] == dvc_pipeline.dvc_stages()["evaluate"]["outs"] and "--extra" not in plain["cmd"]
     with pytest.raises(FileNotFoundError, match=r"extra dataset folder\(s\) not found: szu=szu:.*nowhere"):
         write_run_pipeline(tmp_path / "bad", params, extra=[parse_extra("szu=nowhere")])
     assert not (tmp_path / "bad").exists()

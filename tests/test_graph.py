@@ -25,7 +25,6 @@ def test_dvc_stages_are_the_ones_the_step_table_implies():
     assert yaml.safe_load((REPO / d.DVC_INPUTS_FILE).read_text()) == d.DVC_VARS
     # every variable a stage reads is one of inputs.yaml's
     assert {o.dvc_var for one in graph.STEPS for o in one.options if o.dvc_var} <= set(d.DVC_VARS)
-    assert graph.dvc_stages is d.dvc_stages  # the old name still answers (callers not moved yet)
 
 
 def test_each_step_function_takes_what_its_row_declares():
@@ -50,14 +49,14 @@ def test_call_passes_exactly_what_the_step_declares(monkeypatch):
     monkeypatch.setattr(steps, "validate", validate)
     one = graph.step("validate")
     with pytest.raises(TypeError, match="step validate takes no argument 'tracking'"):
-        graph.call(one, None, dataset="d", out="o", tracking="t")  # a foreign argument is never dropped
+        steps.call(one, None, dataset="d", out="o", tracking="t")  # a foreign argument is never dropped
     with pytest.raises(TypeError, match="step validate takes no argument 'datset'; it takes dataset, out"):
-        graph.call(one, None, datset="d", out="o")  # nor a misspelt one
+        steps.call(one, None, datset="d", out="o")  # nor a misspelt one
     assert seen == {}  # refused before the step ran
-    assert graph.call(one, None, dataset="d", out="o") == "done"
+    assert steps.call(one, None, dataset="d", out="o") == "done"
     assert seen == {"dataset": "d", "out": "o"}
     seen.clear()
-    graph.call(one, None, dataset="d", out=None)  # None: the function's own default
+    steps.call(one, None, dataset="d", out=None)  # None: the function's own default
     assert seen == {"dataset": "d"}
 
 

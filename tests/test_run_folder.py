@@ -16,7 +16,7 @@ import yaml
 from kfp_fixtures import pipeline_tasks
 from pipeline_fixtures import REPO, TINY_PROFILE
 
-from dbdgan import graph
+from dbdgan import dvc_pipeline, graph
 from dbdgan.cli import main
 from dbdgan.config import load_params
 
@@ -83,7 +83,7 @@ def test_dvc_reads_the_run_folder_as_a_pipeline(tmp_path, monkeypatch):
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    assert dvc("stage", "list", "--name-only").split() == list(graph.dvc_stages())
+    assert dvc("stage", "list", "--name-only").split() == list(dvc_pipeline.dvc_stages())
     inputs = yaml.safe_load((root / "inputs.yaml").read_text())
     dry = dvc("repro", "--dry", "-s", "prepare")
     assert f"> {inputs['cli']} prepare --input \"{tmp_path / 'raw-photos'}\" --out data/prepared" in dry

@@ -75,7 +75,7 @@ def step_arguments(one: graph.Step, args: argparse.Namespace) -> dict[str, Any]:
 
 def _step_handler(one: graph.Step) -> Handler:
     def handler(params: Params, args: argparse.Namespace) -> Any:
-        return one.brief(graph.call(one, params, **step_arguments(one, args)))
+        return one.brief(steps.call(one, params, **step_arguments(one, args)))
 
     return handler
 

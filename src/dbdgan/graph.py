@@ -6,7 +6,8 @@ This module is the table, `STEPS` and `ARTIFACTS`, and nothing renders it here: 
 run folder's with `dbdgan steps --dvc --root DIR` and runs `dvc repro` in it) and the KFP pipeline
 (dbdgan_kfp.pipelines) all read it; tests check each against it. A step's function in `dbdgan.steps` takes
 its inputs and its output by their artifact names (`dataset=`, `teacher=`, ... and `out=`) and the other
-arguments its row declares (`Step.arguments`); `call` passes exactly those and refuses anything else.
+arguments its row declares (`Step.arguments`); `steps.call` passes exactly those and refuses anything else
+(the runner lives with the functions: this table imports none of the modules that read it).
 """
 
 from __future__ import annotations
@@ -324,28 +325,3 @@ def step_params(one: Step, tree: dict[str, Any]) -> dict[str, Any]:
 def producer(artifact: str) -> Step:
     return next(s for s in STEPS if s.output == artifact)
 
-
-def call(one: Step, params: Any, **given: Any) -> Any:
-    """Run the step's function with `given`, which holds only arguments the step declares (`Step.arguments`;
-    None: the function's own default). Anything else is an error that names the step and the argument."""
-    undeclared = [key for key in given if not one.takes(key)]
-    if undeclared:
-        raise TypeError(f"step {one.name} takes no argument {', '.join(map(repr, undeclared))}; it takes "
-                        f"{', '.join(one.arguments)} (declared in dbdgan.graph.STEPS)")
-    from dbdgan import steps
-
-    return getattr(steps, one.name)(params, **{key: value for key, value in given.items() if value is not None})
-
-
-_MOVED_TO_DVC_PIPELINE = ("DVC_CODE", "DVC_INPUTS_FILE", "DVC_RAW_VAR", "DVC_CLI", "DVC_VARS", "DVC_PLOTS",
-                          "DVC_HEADER", "dvc_stages", "dvc_file", "dvc_yaml_text")
-
-
-def __getattr__(name: str) -> Any:
-    """The DVC rendering moved to dbdgan.dvc_pipeline; its old names here still answer, for callers that have
-    not moved yet."""
-    if name in _MOVED_TO_DVC_PIPELINE:
-        from dbdgan import dvc_pipeline
-
-        return getattr(dvc_pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

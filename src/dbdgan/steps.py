@@ -20,6 +20,18 @@ from dbdgan.tracking import ModelNames, Tracking
 
 if TYPE_CHECKING:
     from dbdgan.evaluation.extra import ExtraDataset
+    from dbdgan.graph import Step
+
+
+def call(one: Step, params: Params, **given: Any) -> Any:
+    """Run step `one`'s function (the one of its name here) with `given`, which holds only arguments the step
+    declares (`Step.arguments`; None: the function's own default). Anything else is an error that names the
+    step and the argument. The runner lives with the functions, so the table (dbdgan.graph) imports none."""
+    undeclared = [key for key in given if not one.takes(key)]
+    if undeclared:
+        raise TypeError(f"step {one.name} takes no argument {', '.join(map(repr, undeclared))}; it takes "
+                        f"{', '.join(one.arguments)} (declared in dbdgan.graph.STEPS)")
+    return globals()[one.name](params, **{key: value for key, value in given.items() if value is not None})
 
 
 def prepare(params: Params, out: Path, raw: Path | None = None) -> Path:
