@@ -386,7 +386,7 @@ def _task_lines(verbose: bool) -> Iterator[TaskLines | None]:
     try:
         with contextlib.redirect_stdout(lines):
             yield lines
-    except BaseException:
+    except Exception:
         lines.close_task()
         if lines.failed:
             task, tail = lines.failed
@@ -419,8 +419,8 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                workspace_root=str(workspace))
     start = time.monotonic()
-    print(f"running the pipeline with kfp.local (tracking: {redact(args.mlflow_uri)}); every task's logs with -v",
-          flush=True)
+    print(f"running the pipeline with kfp.local (tracking: {redact(args.mlflow_uri)})"
+          f"{'' if args.verbose else '; every task log with -v'}", flush=True)
     with warnings.catch_warnings(), _task_lines(args.verbose) as lines:
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
