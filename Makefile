@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 # The real-data profile: `make train-real DATA=../shared/data/cuhk-dbd [LAYOUT=cuhk|dut|szu|folder]
 # [POLARITY=blurred-white|sharp-white] [PRETRAIN=1] [RUNS=runs] [EXTRA="--set key=value ..."]
-# [EXTRA_EVAL="LABEL=[LAYOUT:[POLARITY:]]PATH ..."]`. Outputs go under $(RUNS)/real/ ($(RUNS)/real-pretrained/),
+# [EXTRA_EVAL="LABEL=[LAYOUT:[POLARITY:]]PATH ..."]`. Outputs go under $(RUNS)/real/ ($(RUNS)/real-finetuned/),
 # models to the MLflow registry as dbd-{teacher,student}-cuhk.
 # `dbdgan steps --dvc --root DIR` writes the step table (dbdgan.graph.STEPS) there as a DVC pipeline of its own
 # (dvc.yaml, the merged params.yaml, inputs.yaml) and `dvc repro` runs it: a rerun reruns only what changed.
@@ -29,11 +29,11 @@ EXTRA_EVAL ?= $(if $(wildcard ../shared/data/szu-bd-sample/gt),szu=../shared/dat
 PROFILE ?= profiles/$(if $(filter 1,$(PRETRAIN)),cuhk-cpu-scratch,cuhk-cpu).yaml
 PRETRAIN ?= 0
 RUNS ?= runs
-REAL_ROOT = $(RUNS)/$(if $(filter 1,$(PRETRAIN)),real-pretrained,real)
+REAL_ROOT = $(RUNS)/$(if $(filter 1,$(PRETRAIN)),real-finetuned,real)
 REAL_ARGS = --root $(REAL_ROOT) --input $(abspath $(DATA)) --params params.yaml --params $(PROFILE) \
 	--set data.source=$(LAYOUT) $(if $(POLARITY),--set data.polarity=$(POLARITY)) \
 	--experiment dbdgan-real --teacher-name dbd-teacher-cuhk --student-name dbd-student-cuhk \
-	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-pretrained.yaml --init-from $(RUNS)/pretrain) \
+	$(if $(filter 1,$(PRETRAIN)),--params profiles/cuhk-cpu-finetune.yaml --init-from $(RUNS)/pretrain) \
 	$(foreach dataset,$(EXTRA_EVAL),--extra $(dataset)) $(EXTRA)
 PRETRAIN_ARGS = --root $(RUNS)/pretrain --until distill_student --experiment dbdgan-pretrain \
 	--params params.yaml --params profiles/synthetic-pretrain.yaml

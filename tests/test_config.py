@@ -97,12 +97,12 @@ def test_shipped_profiles_are_valid(profile):
 
 
 def test_pretraining_profiles_hand_over_to_the_real_profile():
-    """synthetic-pretrain trains the networks cuhk-cpu-scratch trains, and cuhk-cpu-pretrained keeps them
+    """synthetic-pretrain trains the networks cuhk-cpu-scratch trains, and cuhk-cpu-finetune keeps them
     (the Makefile hands the pre-trained models over with `--init-from`)."""
     pretrain = load_params([REPO / "params.yaml", REPO / "profiles" / "synthetic-pretrain.yaml"])
     scratch = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu-scratch.yaml"])
     fine = load_params([REPO / "params.yaml", REPO / "profiles" / "cuhk-cpu-scratch.yaml",
-                        REPO / "profiles" / "cuhk-cpu-pretrained.yaml"])
+                        REPO / "profiles" / "cuhk-cpu-finetune.yaml"])
     assert pretrain.data.source == "synthetic" and fine.data.source == "cuhk"
     assert pretrain.model == scratch.model == fine.model
     assert fine.evaluate == scratch.evaluate
@@ -122,12 +122,12 @@ def test_make_train_real_runs_pretraining_first_with_pretrain_1(tmp_path):
     assert pre[1:4] == ["steps", "--dvc", "--root"] and real[1:4] == ["steps", "--dvc", "--root"]
     # each run folder's pipeline is then reproduced by DVC in that folder, and the run ends with its table
     repro = [line for line in out.splitlines() if line.rstrip().endswith("dvc repro")]
-    assert [line.split("; cd ")[-1].split()[0] for line in repro] == ["runs/pretrain", "runs/real-pretrained"]
-    assert out.splitlines()[-1].split()[1:] == ["results", "--root", "runs/real-pretrained"]
+    assert [line.split("; cd ")[-1].split()[0] for line in repro] == ["runs/pretrain", "runs/real-finetuned"]
+    assert out.splitlines()[-1].split()[1:] == ["results", "--root", "runs/real-finetuned"]
     assert after(pre, "--until") == "distill_student" and "profiles/synthetic-pretrain.yaml" in pre
     assert after(pre, "--root") == "runs/pretrain" and after(real, "--init-from") == "runs/pretrain"
-    assert after(real, "--root") == "runs/real-pretrained" and after(real, "--input") == str(tmp_path)
-    assert "profiles/cuhk-cpu-scratch.yaml" in real and "profiles/cuhk-cpu-pretrained.yaml" in real
+    assert after(real, "--root") == "runs/real-finetuned" and after(real, "--input") == str(tmp_path)
+    assert "profiles/cuhk-cpu-scratch.yaml" in real and "profiles/cuhk-cpu-finetune.yaml" in real
 
 
 @pytest.mark.parametrize(("override", "expected"), [
