@@ -3,7 +3,7 @@
 Each takes its hyperparameters (`params`), its inputs and its output by their artifact names in
 `dbdgan.graph.STEPS` (`dataset`, `teacher`, ..., and `out`), and the other arguments its row there declares
 (`graph.Step.arguments`: where it tracks and registers, `tracking` and `names`, and its options), which
-`graph.call` passes and nothing else. Nothing here reads a path from params.
+`call` (below) passes and nothing else. Nothing here reads a path from params.
 """
 
 from __future__ import annotations
