@@ -302,9 +302,10 @@ class TaskLines(io.TextIOBase):
     RETRY = re.compile(r"Task (\S+) failed \(attempt (\d+)/(\d+)\)")
     SKIPPED = re.compile(r"Skipping (conditional )?task ([^\s:]+)")
 
-    def __init__(self, out: Any, tail: int = 60) -> None:
+    def __init__(self, out: Any, tail: int = 60, labels: dict[str, str] | None = None) -> None:
         super().__init__()
         self.out = out
+        self.labels = dict(labels or {})  # task key -> the name to say (a condition's `dsl.If(name=...)`)
         self._partial = ""
         self._task: str | None = None
         self._status: str | None = None
@@ -368,16 +369,21 @@ class TaskLines(io.TextIOBase):
             self.close_task()
             self._say(f"{retry[1]}: attempt {retry[2]} of {retry[3]} failed, retrying")
         elif skipped:
-            self._say(f"{skipped[2]}: skipped ({'its condition is false' if skipped[1] else 'a task before failed'})")
+            name = self.labels.get(skipped[2], skipped[2])
+            self._say(f"{name}: skipped ({'its condition is false' if skipped[1] else 'a task before failed'})")
 
 
 @contextlib.contextmanager
-def _task_lines(verbose: bool) -> Iterator[TaskLines | None]:
-    """kfp.local's output as one line per task (`TaskLines`), or all of it with --verbose."""
+def _task_lines(verbose: bool, pipeline: Any = None) -> Iterator[TaskLines | None]:
+    """kfp.local's output as one line per task (`TaskLines`), or all of it with --verbose; `pipeline` (a compiled
+    pipeline function) names its conditions."""
     if verbose:
         yield None
         return
-    lines = TaskLines(sys.stdout)
+    spec = getattr(pipeline, "pipeline_spec", None)
+    labels = {key: task.task_info.name for key, task in spec.root.dag.tasks.items()
+              if key.startswith("condition-") and task.task_info.name} if spec is not None else {}
+    lines = TaskLines(sys.stdout, labels=labels)
     handler = logging.StreamHandler(lines)  # the root logger's records outside kfp's own handler: retries, skips
     root = logging.getLogger()
     level = root.level
@@ -421,7 +427,7 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     start = time.monotonic()
     print(f"running the pipeline with kfp.local (tracking: {redact(args.mlflow_uri)})"
           f"{'' if args.verbose else '; every task log with -v'}", flush=True)
-    with warnings.catch_warnings(), _task_lines(args.verbose) as lines:
+    with warnings.catch_warnings(), _task_lines(args.verbose, pipeline) as lines:
         # The SubprocessRunner warns for any image name without "python" in it; ours runs in this venv.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Display names only label the KFP UI.
