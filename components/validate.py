@@ -18,13 +18,13 @@ def validate(params: str, reports_uri: str, dataset: Input[Dataset],
     from pathlib import Path
 
     from dbdgan import steps
-    from dbdgan.data.validation import DataValidationError
+    from dbdgan.data.checks import DataCheckError
     from dbdgan_kfp.components import _runtime as rt
 
     run_params = rt.load_params(params)
     try:
         result = steps.validate(run_params, dataset=Path(dataset.path), out=Path(validation.path))
-    except DataValidationError:
+    except DataCheckError:
         manifest = Path(dataset.path) / "manifest.csv"
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "unknown"
         rt.publish(validation.path, reports_uri, "failed-validation", digest)

@@ -220,7 +220,7 @@ def test_prediction_applies_the_orientation_and_writes_the_map_as_the_photo_is_s
 
 
 def test_datasets_keep_the_stored_grid_and_validation_reports_the_orientation(tmp_path: Path) -> None:
-    from dbdgan.data.validation import validate_dataset
+    from dbdgan.data.checks import validate_dataset
 
     raw = _pairs(tmp_path / "raw", ["0", "1", "2"], size=(48, 32))
     _rotated_jpeg(raw / "images" / "0.jpg")  # its mask was drawn on the stored 48x32 grid

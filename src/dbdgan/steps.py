@@ -51,8 +51,8 @@ def prepare(params: Params, out: Path, raw: Path | None = None) -> Path:
 
 
 def validate(params: Params, dataset: Path, out: Path) -> Any:
-    """Great Expectations checks on a prepared folder, report in `out`; raises DataValidationError on failure."""
-    from dbdgan.data.validation import validate_dataset
+    """Great Expectations checks on a prepared folder, report in `out`; raises DataCheckError on failure."""
+    from dbdgan.data.checks import validate_dataset
 
     return validate_dataset(Path(dataset), Path(out), min_size=params.data.min_size,
                             max_pixels=params.data.max_pixels)

@@ -1,4 +1,4 @@
-"""Validate a prepared dataset folder with a Great Expectations suite before anything trains on it.
+"""Data checks: a prepared dataset folder against a Great Expectations suite before anything trains on it.
 
 The manifest alone cannot say whether a JPEG is truncated or a mask is grey, so every file is opened once
 to compute per-row facts (readable, mode, sizes, mask values, recomputed blur fraction and hashes), through
@@ -51,7 +51,7 @@ MASK_SIDE_COLUMNS = frozenset(
 )
 
 
-class DataValidationError(ValueError):
+class DataCheckError(ValueError):
     """A prepared dataset failed validation; `report` holds the full result when the suite ran."""
 
     def __init__(self, message: str, report: ValidationReport | None = None) -> None:
@@ -139,7 +139,7 @@ def validate_dataset(
     min_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ValidationReport:
-    """Run the suite on data_dir/manifest.csv and its files; raise DataValidationError on any failure.
+    """Run the suite on data_dir/manifest.csv and its files; raise DataCheckError on any failure.
 
     The report (Data Docs + validation.json) is written before raising, so a failed run can be inspected.
     """
@@ -148,7 +148,7 @@ def validate_dataset(
     json_path = report_dir / "validation.json"
     try:
         manifest = _read_manifest(data_dir)
-    except DataValidationError as exc:
+    except DataCheckError as exc:
         atomic_write_json(json_path, {"success": False, "data_dir": str(data_dir), "error": str(exc)})
         raise
     on_disk = _images_on_disk(data_dir)
@@ -179,7 +179,7 @@ def validate_dataset(
     )
     atomic_write_json(json_path, report.to_dict())
     if failures:
-        raise DataValidationError(report.message(), report)
+        raise DataCheckError(report.message(), report)
     return report
 
 
@@ -201,7 +201,7 @@ def _read_manifest(data_dir: Path) -> pd.DataFrame:
     try:
         return manifest_file.read_table(data_dir)
     except (FileNotFoundError, manifest_file.ManifestError) as exc:
-        raise DataValidationError(str(exc)) from exc
+        raise DataCheckError(str(exc)) from exc
 
 
 def _split_counts(manifest: pd.DataFrame) -> dict[str, int]:

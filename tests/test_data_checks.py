@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dbdgan.data.validation import MANIFEST_COLUMNS, DataValidationError, validate_dataset
+from dbdgan.data.checks import MANIFEST_COLUMNS, DataCheckError, validate_dataset
 
 SPLITS = ("train", "val", "test")
 MAX_PIXELS = 4_000_000
@@ -95,9 +95,9 @@ def dataset(tmp_path: Path) -> Path:
 
 def _expect_failure(
     data_dir: Path, report_dir: Path, expectation: str, files: list[str], **kwargs
-) -> DataValidationError:
+) -> DataCheckError:
     """Validation must fail on `expectation` listing exactly `files`, and the message must name both."""
-    with pytest.raises(DataValidationError) as info:
+    with pytest.raises(DataCheckError) as info:
         validate_dataset(data_dir, report_dir, max_pixels=kwargs.pop("max_pixels", MAX_PIXELS), **kwargs)
     err = info.value
     matching = [f for f in err.report.failures if f.expectation.startswith(expectation)]
@@ -268,10 +268,10 @@ def test_small_images_fail_min_size(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_missing_manifest_or_columns(tmp_path: Path) -> None:
-    with pytest.raises(DataValidationError, match="no manifest"):
+    with pytest.raises(DataCheckError, match="no manifest"):
         validate_dataset(tmp_path, tmp_path / "r", max_pixels=MAX_PIXELS)
     (tmp_path / "manifest.csv").write_text("id,split\na,train\n")
-    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['source'"):
+    with pytest.raises(DataCheckError, match=r"missing column\(s\) \['source'"):
         validate_dataset(tmp_path, tmp_path / "r", max_pixels=MAX_PIXELS)
     assert json.loads((tmp_path / "r/validation.json").read_text())["success"] is False
 
