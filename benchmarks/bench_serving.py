@@ -92,7 +92,7 @@ def champion(folder: Path, model: Path | None) -> str:
 
     from dbdgan.checkpoint import read_model_file, save_model_file
     from dbdgan.models import create_model
-    from dbdgan.registry import _log_pyfunc
+    from dbdgan.registration import _log_pyfunc
 
     if model is None:
         torch.manual_seed(0)

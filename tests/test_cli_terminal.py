@@ -98,7 +98,7 @@ def test_export_onnx_takes_a_registry_uri(outside, tmp_path, capsys):
     from test_registry import make_workspace
 
     from dbdgan.checkpoint import load_model_file
-    from dbdgan.registry import register_models
+    from dbdgan.registration import register_models
     from dbdgan.tracking import ModelNames
 
     params, models, _, manifest, tracking = make_workspace(tmp_path / "store")

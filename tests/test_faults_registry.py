@@ -21,7 +21,7 @@ from dbdgan.aliases import INCOMPLETE, REGISTRATION_TAG, promote, run_gate
 from dbdgan.checkpoint import save_model_file
 from dbdgan.config import load_params
 from dbdgan.models import create_model
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.registry_lock import LOCK_SUFFIX, LockHeldError, registry_lock
 from dbdgan.storage import StorageError
 from dbdgan.tracking import ModelNames, Tracking, configure
@@ -129,7 +129,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_faults_registry import workspace
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 
 root, go, store, seed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 ws = workspace(root, seed=seed, store=store)

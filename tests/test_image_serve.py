@@ -31,7 +31,7 @@ from test_image_run import SANDBOX, _boto_args, built_image, scratch_dirs  # noq
 from test_registry import make_workspace
 from test_serving import post
 
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.tracking import ModelNames, Tracking
 
 pytestmark = pytest.mark.slow

@@ -44,7 +44,7 @@ def model_file(tmp_path) -> str:
 def test_predict_pyfunc_and_onnxruntime_give_the_same_map(tmp_path, photo, model_file, monkeypatch):
     import mlflow
 
-    from dbdgan.registry import _log_pyfunc
+    from dbdgan.registration import _log_pyfunc
 
     image, path = photo
     loaded = load_predictor(model_file)

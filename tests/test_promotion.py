@@ -203,7 +203,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from pipeline_fixtures import tiny_params
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.tracking import ModelNames, Tracking
 
 root, go = Path(sys.argv[1]), Path(sys.argv[2])

@@ -19,7 +19,7 @@ from pipeline_fixtures import tiny_params, tiny_tracking
 from dbdgan.checkpoint import load_model_file, save_model_file
 from dbdgan.models import create_model
 from dbdgan.predict import blur_maps, load_predictor, predict_paths
-from dbdgan.registry import params_hash, register_models
+from dbdgan.registration import params_hash, register_models
 from dbdgan.tracking import ModelNames, configure
 
 GOOD = {"max_f": 0.81, "mae": 0.12}

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from test_registry import make_workspace
 
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.tracking import ModelNames
 
 

@@ -17,7 +17,7 @@ from dbdgan.checkpoint import save_model_file
 from dbdgan.config import load_params
 from dbdgan.evaluation.scores import write_scores
 from dbdgan.models import create_model
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.tracking import ModelNames, Tracking, configure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_a_student_only_experiment_leaves_the_teachers_version_count_unchanged(t
     # the experiment: a new student; the unchanged teacher re-evaluated on a busier machine (its timing moved)
     _scores(metrics, "teacher", 0.85, latency_ms=95.0)
     _scores(metrics, "student", 0.81, latency_ms=9.0)
-    with caplog.at_level(logging.INFO, logger="dbdgan.registry"):
+    with caplog.at_level(logging.INFO, logger="dbdgan.registration"):
         again = register_models(params, {"teacher": teacher, "student": _student(tmp_path / "s2.pt", 2)}, NAMES,
                                 metrics, manifest, tracking)
     configure(tracking, 10)

@@ -23,7 +23,7 @@ from kfp_fixtures import free_port
 from PIL import Image
 from test_registry import make_workspace
 
-from dbdgan.registry import register_models
+from dbdgan.registration import register_models
 from dbdgan.tracking import ModelNames
 
 STARTUP_S = 120

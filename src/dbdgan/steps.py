@@ -131,7 +131,7 @@ def register(params: Params, dataset: Path, teacher: Path, student: Path, scores
     student's lineage. The summary, written to `out`, holds the gate's decision under
     ["student"]["gate"]["result"].
     """
-    from dbdgan.registry import register_models
+    from dbdgan.registration import register_models
 
     result = register_models(params, {"teacher": Path(teacher), "student": Path(student)}, names,
                              metrics_dir=Path(scores), manifest=Path(dataset) / "manifest.csv", tracking=tracking,
