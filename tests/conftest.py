@@ -75,6 +75,16 @@ def s3_server(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     return moto_endpoint
 
 
+# Fixtures that start a local server: a test using one is a `server` test, which `make test-fast` skips
+SERVER_FIXTURES = frozenset({"moto_endpoint", "s3_server", "server"})  # server: test_serving's `dbdgan serve`
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread() -> Iterator[None]:
     """Seeded, single-threaded: tiny tensors gain nothing from threads and a shared CPU makes them thrash."""

@@ -1,6 +1,8 @@
-"""DVC history and storage of this pipeline, in a temporary git repository on a tiny params overlay.
+"""The root DVC pipeline end to end: its history and storage, in a temporary git repository on the tiny profile.
 
-`make run`, change one param, `make run` again: `dvc metrics diff`, `dvc plots diff` and `dvc exp show` then
+The suite's one scenario of the root dvc.yaml (every other test of it reads the plan, not a run): `make run`
+(all stages, real MLflow registry), a no-op `dvc repro` (only register reruns, reusing its versions), change one
+param, `make run` again: `dvc metrics diff`, `dvc plots diff` and `dvc exp show` then
 compare both runs, because dvc.lock and the small metrics files are committed (cache: false) while data and
 models go to the DVC cache. Those outputs round-trip through `dvc push` / `dvc pull` to an S3 remote (the
 repository's own .dvc/config, pointed at a moto server on 127.0.0.1; credentials from the environment only).
@@ -22,9 +24,11 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from pipeline_fixtures import REPO
+from pipeline_fixtures import REPO, tiny_tree
 
 from dbdgan.graph import STEPS
+
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
@@ -33,15 +37,6 @@ STAGES = [step.name for step in STEPS]
 # per-machine registration record.
 CACHED = ("data/prepared", "reports/validation/validation.json", "models/teacher.pt", "models/student.pt",
           "metrics/onnx")
-
-
-def _tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["synthetic"].update(num_images=24, size=48)
-    for stage in ("train_teacher", "distill_student"):
-        params[stage].update(epochs=1, batch_size=4, image_size=48)
-    params["evaluate"].update(efficiency_size=64, efficiency_runs=1, grid_samples=2, int8=False)
-    return params
 
 
 def _env() -> dict[str, str]:
@@ -68,6 +63,15 @@ def _set_param(repo: Path, section: str, key: str, value: object) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _registry(repo: Path) -> dict[str, tuple[int, int]]:
+    """Registered model -> (its challenger's version, how many versions it has) in the repo's MLflow store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow/mlflow.db")
+    return {name: (int(client.get_model_version_by_alias(name, "challenger").version),
+                   len(client.search_model_versions(f"name='{name}'"))) for name in ("dbd-teacher", "dbd-student")}
+
+
 def _hashes(repo: Path) -> dict[str, str]:
     found = {}
     for name in CACHED:
@@ -88,7 +92,7 @@ def history(tmp_path_factory) -> dict:
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "src" / "dbdgan", repo / "src" / "dbdgan", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # what `make install` made
-    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_tree(), sort_keys=False))  # profiles/tiny.yaml
     git_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
                "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": str(repo.parent / "gitconfig"),
                "GIT_CONFIG_NOSYSTEM": "1"}
@@ -101,21 +105,55 @@ def history(tmp_path_factory) -> dict:
         _run(["git", "commit", "-qm", "fresh clone"], repo)
         make = ["make", "-s", "-o", ".venv/.installed", "run"]
         first = _run(make, repo)
+        runs = {"first": first, "metrics_show": json.loads(_run([DVC, "metrics", "show", "--json"], repo)),
+                "registered": json.loads((repo / "reports" / "registered.json").read_text()),
+                "metrics": {role: json.loads((repo / "metrics" / f"{role}.json").read_text())
+                            for role in ("teacher", "student")},
+                "registry_first": _registry(repo)}
         _run(["git", "add", "-A"], repo)
         tracked = _run(["git", "ls-files"], repo).split()
         _run(["git", "commit", "-qm", "first run"], repo)
+        runs["noop"] = _run([DVC, "repro"], repo)  # nothing changed
+        runs["registry_noop"] = _registry(repo)
         _set_param(repo, "distill_student", "epochs", 2)
-        second = _run(make, repo)
-        yield {"repo": repo, "first": first, "second": second, "tracked": tracked}
+        runs["second"] = _run(make, repo)
+        runs["registry_second"] = _registry(repo)
+        yield {"repo": repo, "tracked": tracked, **runs}
     finally:
         for key in git_env:
             os.environ.pop(key, None)
 
 
-@pytest.mark.slow
-def test_make_run_ends_with_the_numbers_and_commits_what_dvc_compares(history):
+def test_every_stage_runs_and_registers_its_evaluated_models(history):
+    """The first `make run`: every stage, metrics in range, the challengers those registered.json names, tagged
+    with the scores the evaluate step wrote."""
+    from mlflow import MlflowClient
+
     assert _ran(history["first"]) == STAGES
+    metrics_files = next(iter(history["metrics_show"].values()))["data"]  # the workspace's
+    for role in ("teacher", "student"):
+        data = metrics_files[f"metrics/{role}.json"]["data"]
+        assert 0.0 <= data["max_f"] <= 1.0
+        assert 0.0 <= data["mae"] <= 1.0
+    client = MlflowClient(tracking_uri=f"sqlite:///{history['repo']}/mlflow/mlflow.db")
+    registered = history["registered"]
+    for role, name in (("teacher", "dbd-teacher"), ("student", "dbd-student")):
+        assert history["registry_first"][name] == (registered[role]["version"], 1)
+        version = client.get_model_version(name, str(registered[role]["version"]))
+        assert float(version.tags["metric.max_f"]) == pytest.approx(history["metrics"][role]["max_f"], rel=1e-5)
+
+
+def test_a_rerun_reruns_only_what_changed_and_reuses_unchanged_versions(history):
+    """Nothing changed: only register reruns (always), and its versions are reused, not duplicated. One
+    distillation param changed: distillation and what follows it rerun; the student gets version 2, the
+    unchanged teacher keeps its version."""
+    assert _ran(history["noop"]) == ["register"]
+    assert history["registry_noop"] == history["registry_first"] == {"dbd-teacher": (1, 1), "dbd-student": (1, 1)}
     assert _ran(history["second"]) == ["distill_student", "evaluate", "register"]
+    assert history["registry_second"] == {"dbd-teacher": (1, 1), "dbd-student": (2, 2)}
+
+
+def test_make_run_ends_with_the_numbers_and_commits_what_dvc_compares(history):
     repo, tracked = history["repo"], history["tracked"]
     student = json.loads((repo / "metrics" / "student.json").read_text())
     tail = history["second"][history["second"].index("Results ("):]
@@ -131,7 +169,6 @@ def test_make_run_ends_with_the_numbers_and_commits_what_dvc_compares(history):
         assert not [t for t in tracked if t.startswith(prefix)], f"{prefix} should stay out of git"
 
 
-@pytest.mark.slow
 def test_metrics_diff_plots_diff_and_exp_show_compare_both_runs(history):
     repo = history["repo"]
     head = json.loads(_run(["git", "show", "HEAD:metrics/student.json"], repo))
@@ -159,7 +196,6 @@ def test_metrics_diff_plots_diff_and_exp_show_compare_both_runs(history):
     assert {("HEAD", "f_student.csv"), ("workspace", "f_student.csv"), ("HEAD", "f_baseline_laplacian.csv")} <= drawn
 
 
-@pytest.mark.slow
 def test_repro_finds_the_cli_without_path_and_an_experiment_shows_up(history):
     """`dvc exp run` with no virtual environment on PATH; the experiment joins `dvc exp show`."""
     repo = history["repo"]
@@ -183,7 +219,6 @@ def _wait_for_queue(repo: Path, name: str, timeout_s: float = 900) -> str:
     raise AssertionError(f"queued experiment {name} did not finish in {timeout_s} s")
 
 
-@pytest.mark.slow
 def test_a_queued_experiment_runs_in_a_copy_and_shows_its_metrics(history):
     """`dvc exp run --queue`, then `dvc queue start`: the stages run in a temporary copy under .dvc/tmp/exps
     that holds only what git tracks (no .venv, no MLflow store); they still find both in this repository."""
@@ -217,7 +252,6 @@ def test_a_queued_experiment_runs_in_a_copy_and_shows_its_metrics(history):
     assert client.get_run(newest.run_id).data.params["distill_student.w_consistency"] == "0.25"
 
 
-@pytest.mark.slow
 def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
     """The committed remote config, its bucket moved to a moto server by `--local` config and env only."""
     repo = history["repo"]
@@ -228,7 +262,8 @@ def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
     assert "AWS_ENDPOINT_URL" in env and "AWS_SECRET_ACCESS_KEY" in env  # from the s3_server fixture
     assert "secret" not in (repo / ".dvc" / "config").read_text().lower().replace("aws_secret_access_key", "")
     before = _hashes(repo)
-    assert set(CACHED) <= {k if k in CACHED else k.rsplit("/", 1)[0] for k in before} | set(CACHED)
+    empty = [name for name in CACHED if not any(key == name or key.startswith(f"{name}/") for key in before)]
+    assert empty == [], f"cached outputs with no files to push: {empty}"
     _run([DVC, "push"], repo, env)
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(
         Bucket=bucket, Prefix="store/").get("Contents", [])]
@@ -244,7 +279,6 @@ def test_dvc_push_and_pull_round_trip_the_pipeline_outputs(history, s3_server):
     assert _ran(_run([DVC, "repro"], repo, env)) == ["register"]
 
 
-@pytest.mark.slow
 def test_a_fresh_clone_reproduces_the_committed_run_and_stays_clean(history, tmp_path):
     """Issue 26: the promise of DVC. A clone of the committed first run, `make run` there: the data hash,
     models, metrics and plots equal the committed ones (timings live in git-ignored metrics/efficiency)."""

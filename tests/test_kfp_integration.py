@@ -1,76 +1,95 @@
-"""The KFP pipeline end to end with kfp.local against real services on 127.0.0.1, started here.
+"""The KFP pipeline end to end with kfp.local against real services on 127.0.0.1, started here, and the
+KFP == DVC == make agreement.
 
-Services: a moto S3 server (ThreadedMotoServer) and an `mlflow server` process (sqlite store in tmp,
-artifacts proxied to s3://<bucket>/mlflow on moto). The pipeline runs through `dbdgan pipeline run-local`
-(SubprocessRunner: every step is a subprocess of this venv) on a tiny config. A recognisable secret is planted
-as AWS_SECRET_ACCESS_KEY and searched for in every output afterwards.
+Services: the suite's moto S3 server (conftest `moto_endpoint`) and an `mlflow server` process (sqlite store in
+tmp, artifacts proxied to s3://<bucket>/mlflow on moto). The suite's one full kfp.local run (`shared_run`, through
+`dbdgan pipeline run-local`: every step a subprocess of this venv) holds everything the assertions need at once:
+synthetic pre-training, then the real trainings from it on a CUHK-layout folder in the bucket, on profiles/tiny.yaml
+with a gate that promotes, registering, copying reports. A recognisable secret is planted as AWS_SECRET_ACCESS_KEY
+and searched for in every output afterwards. `make train-real` runs once, on the same folder and profile, and must
+prepare the same manifest and decide alike; that every runner issues the same steps with the same params is
+checked on their plans, without running them (test_run_folder.py), and the root dvc.yaml's run is
+test_dvc_history.py's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import yaml
 from kfp_fixtures import (
-    TINY,
     MlflowServer,
     component_params,
     dummy_credentials,
     files_containing,
     mlflow_server,
-    moto_server,
     port_closed,
 )
+from pipeline_fixtures import TINY_PROFILE, merged_tree
 
 from dbdgan_kfp.pipelines import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dbdgan-it"
+PAIRS = 24  # photos of the shared run's CUHK-layout folder
+# The shared run's gate: floors every tiny model passes with no champion yet, so the champion step runs. That the
+# decision is the register step's (promotion.run_gate), and the condition on it, is test_kfp_pipeline's and
+# test_promotion's; here both real runners must reach the same decision.
+GATE = ["register.gate.min_max_f=0.0", "register.gate.max_mae=1.0"]
+PRETRAIN = {"seed": 1, "data": {"synthetic": {"num_images": 16}}}  # on top of profiles/tiny.yaml
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def _env_values(endpoint: str, folder: Path) -> dict[str, str]:
     """Credentials (with the planted secret) and endpoints, inherited by every step's subprocess."""
-    values = {
+    return {
         **dummy_credentials(),
-        "DBDGAN_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "DBDGAN_S3_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_CONFIG_FILE": str(folder / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(folder / "no-aws-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
         # bounded client retries, so that an outage fails within seconds here
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "DBDGAN_S3_MAX_ATTEMPTS": "2",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job workers: faster start, clean stop
     }
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, folder: Path) -> dict[str, str]:
+    values = _env_values(endpoint, folder)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     for name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
     if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
         s3.create_bucket(Bucket=BUCKET)
-    monkeypatch.chdir(tmp_path)  # nothing a step writes may land in the working tree
+    monkeypatch.chdir(folder)  # nothing a step writes may land in the working tree
     return values
 
 
+@pytest.fixture
+def env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    return _set_env(monkeypatch, moto_endpoint, tmp_path)
+
+
 def _run_local(root: Path, mlflow_uri: str, *extra: str) -> int:
-    args = ["run-local", "--params", str(REPO / "params.yaml"), "--pipeline-root", str(root),
-            "--mlflow-uri", mlflow_uri, "--reports-uri", f"s3://{BUCKET}/reports"]
-    for override in TINY:
-        args += ["--set", override]
+    """`dbdgan pipeline run-local` in this process on params.yaml + profiles/tiny.yaml."""
+    args = ["run-local", "--params", str(REPO / "params.yaml"), "--params", str(TINY_PROFILE),
+            "--pipeline-root", str(root), "--mlflow-uri", mlflow_uri, "--reports-uri", f"s3://{BUCKET}/reports"]
     return cli.main([*args, *extra])
 
 
@@ -89,56 +108,6 @@ def _bucket_prefix(client: Any, source: str) -> str:
     return "mlflow/" + source.removeprefix("mlflow-artifacts:").strip("/")
 
 
-def test_pipeline_registers_the_student_and_leaks_no_secret(
-        env: dict[str, str], s3_endpoint: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from mlflow import MlflowClient
-
-    server_dir = tmp_path / "mlflow"
-    server_dir.mkdir()
-    root = tmp_path / "kfp"
-    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow", env) as server:
-        start = time.monotonic()
-        code = _run_local(root, server.uri, "--student-name", "it-student", "--teacher-name", "it-teacher",
-                          "--mlflow-experiment", "it")
-        logs = capfd.readouterr()
-        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
-        elapsed = time.monotonic() - start
-
-        client = MlflowClient(tracking_uri=server.uri)
-        student = client.get_model_version_by_alias("it-student", "challenger")
-        teacher = client.get_model_version_by_alias("it-teacher", "challenger")
-        assert student.version == "1" and teacher.version == "1"
-        assert student.tags["role"] == "student" and "metric.max_f" in student.tags
-        runs = client.search_runs([client.get_experiment_by_name("it").experiment_id])
-        run_params = {k: v for run in runs for k, v in run.data.params.items()}
-        assert run_params.get("model.student") == "mobile_tiny"  # the overrides reached the steps
-        for run in runs:  # the evaluate step attached its scores and plots to both training runs
-            attached = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-            role = run.data.tags["dbdgan.stage"].split("_")[-1]
-            assert {f"evaluation/{role}.json", "evaluation/curves.png"} <= attached, (role, attached)
-        model_prefix = _bucket_prefix(client, student.source)
-
-    # the student's MLflow artifacts live in the bucket (proxied by the server to s3://BUCKET/mlflow)
-    objects = _bucket_objects(s3_endpoint)
-    assert f"{model_prefix}/MLmodel" in objects, (model_prefix, sorted(objects)[:50])
-    weights = [key for key, body in objects.items() if key.startswith(model_prefix) and len(body) > 10_000]
-    assert weights, "the registered student's checkpoint is not in the bucket"
-    assert any("/checkpoint/" in key for key in objects)  # training runs logged their checkpoints
-    # reports copied by the components, each folder finished by its completion marker
-    reports = [key for key in objects if key.startswith("reports/")]
-    for name in ("validation/_SUCCESS.json", "validation/validation.json", "evaluation/_SUCCESS.json",
-                 "evaluation/student.json", "registered.json"):
-        assert any(key.endswith(name) for key in reports), (name, reports)
-
-    # the planted secret appears nowhere: task outputs, logs, the MLflow store and server log, the bucket
-    secret = env["AWS_SECRET_ACCESS_KEY"]
-    assert secret not in logs.out + logs.err
-    assert files_containing([root, server_dir], secret) == []
-    assert [key for key, body in objects.items() if secret.encode() in body] == []
-    assert not (tmp_path / "mlflow.db").exists()  # the steps used the server, not a local store
-    print(f"pipeline run took {elapsed:.0f} s")
-
-
 def _raw_pairs(folder: Path, count: int = 12, size: int = 48) -> Path:
     """A tiny CUHK-layout folder: images/*.jpg and masks/*.png (255 = blurred)."""
     import numpy as np
@@ -154,6 +123,166 @@ def _raw_pairs(folder: Path, count: int = 12, size: int = 48) -> Path:
         Image.fromarray(image).save(folder / "images" / f"img{index:02d}.jpg", quality=90)
         Image.fromarray(mask).save(folder / "masks" / f"img{index:02d}.png")
     return folder
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _overlay(folder: Path) -> Path:
+    """profiles/tiny.yaml with the shared run's gate: the profile both real runners get (make's PROFILE)."""
+    gate = {key.removeprefix("register.gate."): float(value) for key, value in (o.split("=") for o in GATE)}
+    tree = merged_tree(yaml.safe_load(TINY_PROFILE.read_text()), {"register": {"gate": gate}})
+    path = folder / "tiny-gate.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@dataclass
+class SharedRun:
+    root: Path  # the pipeline root (task outputs)
+    folder: Path  # its working directory
+    raw: Path  # the CUHK-layout folder (also in the bucket at raw/cuhk)
+    overlay: Path
+    server: MlflowServer
+    server_dir: Path
+    output: str  # stdout and stderr of the run and every task
+    elapsed: float
+    env: dict[str, str]
+    endpoint: str
+
+    def task_file(self, task: str, key: str) -> Path:
+        (path,) = self.root.glob(f"*/{task}/{key}")
+        return path
+
+
+@pytest.fixture(scope="module")
+def shared_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRun]:
+    """The one full kfp.local run: pre-training, the real run from it on raw data in S3, registration."""
+    from dbdgan.storage import upload
+
+    folder = tmp_path_factory.mktemp("kfp-run")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        values = _set_env(monkeypatch, moto_endpoint, folder)
+        raw = _raw_pairs(folder / "raw", count=PAIRS)
+        upload(raw, f"s3://{BUCKET}/raw/cuhk")
+        overlay = _overlay(folder)
+        pretrain = folder / "pretrain.yaml"
+        pretrain.write_text(yaml.safe_dump(PRETRAIN))
+        server_dir, root = folder / "mlflow", folder / "kfp"
+        server_dir.mkdir()
+        with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow", values) as server:
+            args = [sys.executable, "-m", "dbdgan_kfp.pipelines.cli", "run-local",
+                    "--params", str(REPO / "params.yaml"), "--params", str(overlay), "--set", "data.source=cuhk",
+                    "--pretrain-params", str(REPO / "params.yaml"), "--pretrain-params", str(TINY_PROFILE),
+                    "--pretrain-params", str(pretrain), "--data-uri", f"s3://{BUCKET}/raw/cuhk",
+                    "--pipeline-root", str(root), "--mlflow-uri", server.uri, "--reports-uri", f"s3://{BUCKET}/reports",
+                    "--student-name", "it-student", "--teacher-name", "it-teacher", "--mlflow-experiment", "it",
+                    "--pretrain-experiment", "it-pretrain"]
+            start = time.monotonic()
+            proc = subprocess.run(args, cwd=folder, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                  text=True, timeout=900)
+            elapsed = time.monotonic() - start
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 0, output[-6000:]
+            print(f"the shared kfp.local run took {elapsed:.0f} s")
+            yield SharedRun(root, folder, raw, overlay, server, server_dir, output, elapsed, values, moto_endpoint)
+
+
+def test_pipeline_registers_the_student_and_leaks_no_secret(shared_run: SharedRun) -> None:
+    from mlflow import MlflowClient
+
+    run = shared_run
+    client = MlflowClient(tracking_uri=run.server.uri)
+    student = client.get_model_version_by_alias("it-student", "challenger")
+    teacher = client.get_model_version_by_alias("it-teacher", "challenger")
+    assert student.version == "1" and teacher.version == "1"
+    assert student.tags["role"] == "student" and "metric.max_f" in student.tags
+    runs = client.search_runs([client.get_experiment_by_name("it").experiment_id])
+    run_params = {k: v for one in runs for k, v in one.data.params.items()}
+    assert run_params.get("model.student") == "mobile_tiny"  # the profile reached the steps
+    for one in runs:  # the evaluate step attached its scores and plots to both training runs
+        attached = {a.path for a in client.list_artifacts(one.info.run_id, "evaluation")}
+        role = one.data.tags["dbdgan.stage"].split("_")[-1]
+        assert {f"evaluation/{role}.json", "evaluation/curves.png"} <= attached, (role, attached)
+    model_prefix = _bucket_prefix(client, student.source)
+
+    # the student's MLflow artifacts live in the bucket (proxied by the server to s3://BUCKET/mlflow)
+    objects = _bucket_objects(run.endpoint)
+    assert f"{model_prefix}/MLmodel" in objects, (model_prefix, sorted(objects)[:50])
+    weights = [key for key, body in objects.items() if key.startswith(model_prefix) and len(body) > 10_000]
+    assert weights, "the registered student's checkpoint is not in the bucket"
+    assert any("/checkpoint/" in key for key in objects)  # training runs logged their checkpoints
+    # reports copied by the components, each folder finished by its completion marker
+    reports = [key for key in objects if key.startswith("reports/")]
+    for name in ("validation/_SUCCESS.json", "validation/validation.json", "evaluation/_SUCCESS.json",
+                 "evaluation/student.json", "registered.json"):
+        assert any(key.endswith(name) for key in reports), (name, reports)
+
+    # the planted secret appears nowhere: task outputs, logs, the MLflow store and server log, the bucket
+    secret = run.env["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in run.output
+    assert files_containing([run.root, run.server_dir], secret) == []
+    assert [key for key, body in objects.items() if secret.encode() in body] == []
+    assert not (run.folder / "mlflow.db").exists()  # the steps used the server, not a local store
+
+
+def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(shared_run: SharedRun) -> None:
+    """--pretrain-params: synthetic pre-training runs first, and the real trainings start from its models."""
+    from mlflow import MlflowClient
+
+    from dbdgan.checkpoint import read_model_file
+
+    client = MlflowClient(tracking_uri=shared_run.server.uri)
+    stages = {exp: {one.data.tags.get("dbdgan.stage") for one in
+                    client.search_runs([client.get_experiment_by_name(exp).experiment_id])}
+              for exp in ("it-pretrain", "it")}
+    assert stages == {"it-pretrain": {"train_teacher", "distill_student"}, "it": {"train_teacher", "distill_student"}}
+    # creation order names the pre-training tasks first (train-teacher) and the real ones second
+    for key, pre, real in (("teacher", "train-teacher", "train-teacher-2"),
+                           ("student", "distill-student", "distill-student-2")):
+        pre_model, real_model = shared_run.task_file(pre, key), shared_run.task_file(real, key)
+        assert read_model_file(real_model)["metadata"]["init_from_sha256"] == _sha(pre_model)
+        assert "init_from_sha256" not in read_model_file(pre_model)["metadata"]
+    # pre-training prepared synthetic data; the real run the raw folder from the bucket
+    assert len(shared_run.task_file("prepare", "dataset/manifest.csv").read_text().strip().splitlines()) == 1 + 16
+
+
+def _make_run(raw: Path, overlay: Path, runs: Path) -> tuple[str, str]:
+    """`make train-real` with the overlay as its profile (the venv is taken as installed, no extra datasets)."""
+    store = f"sqlite:///{runs}/mlflow/mlflow.db"
+    _subprocess(["make", "-s", "-o", ".venv/.installed", "train-real", f"DATA={raw}", f"PROFILE={overlay}",
+                 f"RUNS={runs}", "EXTRA_EVAL=", f"EXTRA=--tracking-uri {store}"], REPO)
+    registered = json.loads((runs / "real" / "reports" / "registered.json").read_text())
+    return _sha(runs / "real" / "data" / "prepared" / "manifest.csv"), registered["student"]["gate"]["result"]
+
+
+def _subprocess(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_kfp_and_make_prepare_the_same_manifest_and_decide_alike(shared_run: SharedRun, tmp_path: Path) -> None:
+    """One CUHK-layout folder (in S3 for KFP, on disk for make), one tiny overlay with the gate in `register.gate`:
+    both real runners complete every step, prepare the same manifest and decide alike."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=shared_run.server.uri)
+    versions = {role: client.get_model_version_by_alias(f"it-{role}", "challenger") for role in ("teacher", "student")}
+    manifest = shared_run.task_file("prepare-2", "dataset/manifest.csv")
+    kfp_registered = yaml.safe_load(shared_run.task_file("register", "registered").read_text())
+    assert versions["student"].tags["dataset_manifest_sha256"] == _sha(manifest)
+    assert len(manifest.read_text().strip().splitlines()) == 1 + PAIRS
+    kfp = (_sha(manifest), kfp_registered["student"]["gate"]["result"])
+    # the pipeline's condition is that decision: the champion step ran because the gate promoted
+    assert list(shared_run.root.glob("*/announce-champion/champion"))
+
+    made = _make_run(shared_run.raw, shared_run.overlay, tmp_path / "runs")
+    assert kfp == made == (kfp[0], "promoted")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
@@ -229,173 +358,3 @@ def test_tracking_server_outage_fails_clearly_and_registers_nothing(env: dict[st
     assert env["AWS_SECRET_ACCESS_KEY"] not in text
 
 
-def test_pipeline_with_synthetic_pretraining_fine_tunes_from_it(env: dict[str, str], tmp_path: Path,
-                                                                capfd: pytest.CaptureFixture[str]) -> None:
-    """--pretrain-params: synthetic pre-training runs first, and the real trainings start from its models."""
-    import hashlib
-
-    import yaml
-    from mlflow import MlflowClient
-
-    from dbdgan.checkpoint import read_model_file
-
-    pretrain: dict[str, Any] = {}
-    for override in [*TINY, "data.synthetic.num_images=16", "seed=1"]:
-        key, _, value = override.partition("=")
-        *parents, leaf = key.split(".")
-        node = pretrain
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
-    pretrain_file = tmp_path / "pretrain.yaml"
-    pretrain_file.write_text(yaml.safe_dump(pretrain))
-
-    server_dir = tmp_path / "mlflow"
-    server_dir.mkdir()
-    root = tmp_path / "kfp"
-    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-pretrain", env) as server:
-        code = _run_local(root, server.uri, "--pretrain-params", str(REPO / "params.yaml"),
-                          "--pretrain-params", str(pretrain_file), "--student-name", "pt-student",
-                          "--teacher-name", "pt-teacher", "--mlflow-experiment", "it-real",
-                          "--pretrain-experiment", "it-pretrain")
-        logs = capfd.readouterr()
-        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
-        client = MlflowClient(tracking_uri=server.uri)
-        assert client.get_model_version_by_alias("pt-student", "challenger").version == "1"
-        stages = {exp: {run.data.tags.get("dbdgan.stage") for run in
-                        client.search_runs([client.get_experiment_by_name(exp).experiment_id])}
-                  for exp in ("it-pretrain", "it-real")}
-    assert stages == {"it-pretrain": {"train_teacher", "distill_student"},
-                      "it-real": {"train_teacher", "distill_student"}}
-
-    def model(task: str, key: str) -> Path:
-        (path,) = root.glob(f"*/{task}/{key}")
-        return path
-
-    # creation order names the pre-training tasks first (train-teacher) and the real ones second
-    for key, pre, real in (("teacher", "train-teacher", "train-teacher-2"),
-                           ("student", "distill-student", "distill-student-2")):
-        pre_sha = hashlib.sha256(model(pre, key).read_bytes()).hexdigest()
-        assert read_model_file(model(real, key))["metadata"]["init_from_sha256"] == pre_sha
-        assert "init_from_sha256" not in read_model_file(model(pre, key))["metadata"]
-    assert len(list(root.glob("*/prepare-2/dataset/manifest.csv"))) == 1
-
-
-def _tree(overrides: list[str]) -> dict[str, Any]:
-    """Dotted overrides as a nested params overlay."""
-    import yaml
-
-    tree: dict[str, Any] = {}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
-    return tree
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _subprocess(args: list[str], cwd: Path) -> str:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
-def _dvc_run(raw: Path, overlay: Path, workspace: Path) -> tuple[str, str]:
-    """`dvc repro` of the repository's dvc.yaml in a fresh repo whose params.yaml and inputs.yaml point at
-    `raw`; returns the prepared manifest's sha256 and the gate's decision."""
-    import json
-    import shutil
-    import sys
-
-    import yaml
-
-    from dbdgan.config import load_params
-
-    workspace.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, workspace / name)
-    (workspace / "src").symlink_to(REPO / "src", target_is_directory=True)
-    (workspace / "scripts").symlink_to(REPO / "scripts", target_is_directory=True)  # inputs.yaml's cli
-    (workspace / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # the python it runs
-    params = load_params([REPO / "params.yaml", overlay]).model_dump(mode="json")
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    inputs = yaml.safe_load((REPO / "inputs.yaml").read_text())
-    (workspace / "inputs.yaml").write_text(yaml.safe_dump({**inputs, "raw_data": str(raw)}))
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    _subprocess(["git", "init", "-q"], workspace)
-    _subprocess([dvc, "init", "-q"], workspace)
-    _subprocess([dvc, "repro"], workspace)
-    registered = json.loads((workspace / "reports" / "registered.json").read_text())
-    return _sha(workspace / "data" / "prepared" / "manifest.csv"), registered["student"]["gate"]["result"]
-
-
-def _make_run(raw: Path, overlay: Path, runs: Path) -> tuple[str, str]:
-    """`make train-real` with the overlay as its profile (the venv is taken as installed)."""
-    import json
-
-    store = f"sqlite:///{runs}/mlflow/mlflow.db"
-    _subprocess(["make", "-s", "-o", ".venv/.installed", "train-real", f"DATA={raw}", f"PROFILE={overlay}",
-                 f"RUNS={runs}", f"EXTRA=--tracking-uri {store}"], REPO)
-    registered = json.loads((runs / "real" / "reports" / "registered.json").read_text())
-    return _sha(runs / "real" / "data" / "prepared" / "manifest.csv"), registered["student"]["gate"]["result"]
-
-
-GATES = {"promoted": ["register.gate.min_max_f=0.0", "register.gate.max_mae=1.0"],
-         "rejected": ["register.gate.min_max_f=1.0"]}  # no tiny model reaches max-F 1: the student must fail
-
-
-@pytest.mark.parametrize("decision", sorted(GATES))
-@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
-def test_kfp_dvc_and_make_run_the_same_steps_on_a_real_layout_dataset(
-        decision: str, env: dict[str, str], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """One CUHK-layout folder (in S3 for KFP, on disk for DVC and make), one tiny overlay with the gate in
-    `register.gate`: all three runners complete every step, prepare the same manifest and decide alike."""
-    import yaml
-    from mlflow import MlflowClient
-
-    from dbdgan.storage import upload
-
-    raw = _raw_pairs(tmp_path / "raw", count=24)
-    upload(raw, f"s3://{BUCKET}/raw/{decision}")
-    overrides = [*TINY, "data.source=cuhk", *GATES[decision]]
-    overlay = tmp_path / "tiny.yaml"
-    overlay.write_text(yaml.safe_dump(_tree(overrides)))
-
-    server_dir, root = tmp_path / "mlflow", tmp_path / "kfp"
-    server_dir.mkdir()
-    with mlflow_server(server_dir, f"s3://{BUCKET}/mlflow-{decision}", env) as server:
-        extra = [arg for override in ["data.source=cuhk", *GATES[decision]] for arg in ("--set", override)]
-        code = _run_local(root, server.uri, "--data-uri", f"s3://{BUCKET}/raw/{decision}", *extra,
-                          "--student-name", f"real-student-{decision}", "--teacher-name", f"real-teacher-{decision}")
-        logs = capfd.readouterr()
-        assert code == 0, logs.out[-5000:] + logs.err[-5000:]
-        client = MlflowClient(tracking_uri=server.uri)
-        versions = {role: client.get_model_version_by_alias(f"real-{role}-{decision}", "challenger")
-                    for role in ("teacher", "student")}
-    (manifest,) = root.glob("*/prepare/dataset/manifest.csv")
-    (registered,) = root.glob("*/register/registered")
-    kfp_registered = yaml.safe_load(registered.read_text())
-    assert {role: v.version for role, v in versions.items()} == {"teacher": "1", "student": "1"}
-    assert versions["student"].tags["dataset_manifest_sha256"] == _sha(manifest)
-    assert len(manifest.read_text().strip().splitlines()) == 1 + 24
-    kfp = (_sha(manifest), kfp_registered["student"]["gate"]["result"])
-    # the pipeline's condition is that decision: the champion step ran exactly when the gate promoted
-    assert bool(list(root.glob("*/announce-champion/champion"))) == (decision == "promoted")
-
-    dvc = _dvc_run(raw, overlay, tmp_path / "dvc")
-    made = _make_run(raw, overlay, tmp_path / "runs")
-    assert kfp == dvc == made == (kfp[0], decision)

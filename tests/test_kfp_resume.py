@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from kfp_fixtures import TINY
+from pipeline_fixtures import TINY_FILES, tiny_params
 
 from dbdgan import steps
-from dbdgan.config import load_params
 from dbdgan.tracking import Tracking
 from dbdgan_kfp.pipelines import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 3
-OVERRIDES = [*(o for o in TINY if not o.startswith("train_teacher.epochs")), f"train_teacher.epochs={EPOCHS}"]
+# The smallest run that can be killed mid-training: two teacher epochs, killed after the first one's checkpoint
+EPOCHS = 2
+OVERRIDES = [f"train_teacher.epochs={EPOCHS}"]  # on profiles/tiny.yaml
 
 
 def _task_pids(function: str) -> list[int]:
@@ -57,7 +56,7 @@ def _kill_after_first_checkpoint(checkpoint: Path, stop: threading.Event, killed
 
 
 def _run_local(root: Path, store: str, workspace: Path, *extra: str) -> int:
-    args = ["run-local", "--params", str(REPO / "params.yaml"), "--pipeline-root", str(root),
+    args = ["run-local", *(arg for path in TINY_FILES for arg in ("--params", str(path))), "--pipeline-root", str(root),
             "--workspace", str(workspace), "--mlflow-uri", store, "--teacher-name", "rs-teacher",
             "--student-name", "rs-student", "--mlflow-experiment", "resume", "-v"]  # -v: the tasks' own log lines
     for override in OVERRIDES:
@@ -98,7 +97,7 @@ def test_a_killed_training_task_resumes_on_retry_and_a_registered_teacher_is_reu
     # the same training, never interrupted, on the same prepared data: the same weights, bit for bit
     (dataset,) = (tmp_path / "kfp").glob("*/prepare/dataset")
     (retried,) = (tmp_path / "kfp").glob("*/train-teacher/teacher")
-    reference = steps.train_teacher(load_params(REPO / "params.yaml", OVERRIDES), dataset=dataset,
+    reference = steps.train_teacher(tiny_params(OVERRIDES), dataset=dataset,
                                     out=tmp_path / "reference.pt", checkpoints=tmp_path / "reference-ckpt",
                                     tracking=Tracking(uri=f"sqlite:///{tmp_path / 'reference.db'}"))
     assert [row["epoch"] for row in reference["history"]] == list(range(1, EPOCHS + 1))
