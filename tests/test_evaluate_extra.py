@@ -109,7 +109,8 @@ def test_registered_versions_carry_the_numbers_and_the_gate_decides_on_the_test_
     assert student["gate"]["result"] == ("promoted" if test_f > val_f else "rejected")
     assert f"max_f {test_f:.4f}" in json.dumps(student["gate"])
     version = client.get_model_version(student["name"], str(student["version"]))
-    assert (f"Beside it, the validation split: it chose the kept epoch (and the recipe), so it flatters "
+    assert (f"Beside it, the validation split: it chose the recipe and the kept epoch, or a final fit trained "
+            f"on it, so it flatters "
             f"({results['student']['val']['n_images']} images)") in version.description
     assert f"dataset 'szu', scored whole (50 images; not the training data): in-focus max-F " \
            f"{results['student']['szu']['infocus_max_f']:.3f}" in version.description
