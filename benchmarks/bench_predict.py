@@ -76,7 +76,7 @@ def run_predict(photos: Path, model: Path, out: Path, backend: str, overlays: bo
                 args: argparse.Namespace) -> dict[str, Any]:
     """`dbdgan predict` in a subprocess; its summary (without the per-image list) and the command's wall."""
     command = [sys.executable, "-m", "dbdgan.cli", "predict", str(photos), "--model", str(model), "-o", str(out),
-               "--no-progress", "--backend", backend, "--batch-size", str(args.batch_size),
+               "--no-progress", "--json", "--backend", backend, "--batch-size", str(args.batch_size),
                "--workers", str(args.workers)]
     if not overlays:
         command.append("--no-overlay")
