@@ -20,6 +20,7 @@ from typing import Any
 from dbdgan import lineage
 from dbdgan.checkpoint import read_model_file
 from dbdgan.config import Params
+from dbdgan.data import manifest as manifest_file
 from dbdgan.evaluation.scores import read_scores
 from dbdgan.inference import quiet_download
 from dbdgan.io_utils import file_sha256
@@ -305,7 +306,7 @@ def register_models(params: Params, models: dict[str, Path], names: ModelNames, 
     if unknown:
         raise ValueError(f"roles {unknown} are neither 'teacher' nor 'student'")
     code = lineage.current()  # this step's code: in a pod, the commit baked into the image
-    common_tags = {MANIFEST_TAG: file_sha256(manifest), **code.tags(),
+    common_tags = {MANIFEST_TAG: manifest_file.sha256(manifest), **code.tags(),
                    "params_hash": params_hash(params), "teacher_preset": params.model.teacher,
                    "student_preset": params.model.student}
     # read every input first, so a missing metrics file cannot leave half of the models registered
